@@ -1,0 +1,97 @@
+"""Swap the convolutions and linear layers of any model for their ReCU counterparts."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from .nn import BinaryConfig, BinaryLayer, ReCUConv1d, ReCUConv2d, ReCULinear
+
+__all__ = ["binarize", "binary_layers"]
+
+_TARGETS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+Skip = Union[Iterable[str], Callable[[str, nn.Module], bool], None]
+
+
+def binary_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
+    """(name, layer) for every ReCU layer of ``model``, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryLayer)]
+
+
+def _to_binary(layer: nn.Module, config: BinaryConfig) -> BinaryLayer:
+    w = layer.weight
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"cannot binarise a {type(layer).__name__} whose weight has non-finite values")
+    kw = dict(bias=layer.bias is not None, device=w.device, dtype=w.dtype, config=config)
+    new: BinaryLayer
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"cannot binarise a Conv2d with padding_mode={layer.padding_mode!r}; only 'zeros'")
+        new = ReCUConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         layer.padding, layer.dilation, layer.groups, **kw)
+    elif isinstance(layer, nn.Conv1d):
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"cannot binarise a Conv1d with padding_mode={layer.padding_mode!r}; only 'zeros'")
+        new = ReCUConv1d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         layer.padding, layer.dilation, layer.groups, **kw)
+    else:
+        new = ReCULinear(layer.in_features, layer.out_features, **kw)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    new.train(layer.training)
+    return new
+
+
+def binarize(
+    model: nn.Module,
+    config: Optional[BinaryConfig] = None,
+    keep_first_last: bool = True,
+    skip: Skip = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Replace every ``Conv1d``/``Conv2d``/``Linear`` of ``model`` by its ReCU layer.
+
+    Weights and biases are copied; each new layer gets a fresh ``alpha`` and
+    ``tau = 1``. Layers already binary are left alone.
+
+    Args:
+        model: any ``nn.Module`` (a torchvision-style ResNet, a user's own network ...).
+        config: the :class:`BinaryConfig` of the new layers (ReCU by default).
+        keep_first_last: keep the first and the last convertible layer, in module order,
+            in full precision, as BNNs conventionally do.
+        skip: more layers to keep in full precision: qualified names (``"layer2.0.downsample.0"``)
+            or a predicate ``skip(name, module) -> bool``.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The binarised model.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    config = config or BinaryConfig()
+    candidates = [(n, m) for n, m in model.named_modules()
+                  if isinstance(m, _TARGETS) and not isinstance(m, BinaryLayer)]
+    keep: set[str] = set()
+    if keep_first_last and candidates:
+        keep |= {candidates[0][0], candidates[-1][0]}
+    if callable(skip):
+        keep |= {n for n, m in candidates if skip(n, m)}
+    elif skip is not None:
+        names = set(skip)
+        unknown = names - {n for n, _ in candidates}
+        if unknown:
+            raise ValueError(f"skip names layers that are not Conv1d/Conv2d/Linear in the model: {sorted(unknown)}")
+        keep |= names
+    for name, module in candidates:
+        if name in keep:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _to_binary(module, config))
+    return model
