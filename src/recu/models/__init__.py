@@ -1,0 +1,37 @@
+"""Model zoo: the architectures of the ReCU paper, binary (``_1w1a``) and full precision (``_fp``).
+
+Build by name with :func:`create`; :func:`available` lists the names. Importing this
+package registers every family.
+"""
+
+from . import cifar_resnet, imagenet_resnet, reactnet, vgg  # noqa: F401  (registers the models)
+from .cifar_resnet import resnet18_1w1a, resnet18_fp, resnet20_1w1a, resnet20_fp
+from .imagenet_resnet import (
+    resnet18_1w1a_imagenet,
+    resnet18_fp_imagenet,
+    resnet34_1w1a_imagenet,
+    resnet34_fp_imagenet,
+)
+from .reactnet import reactnet_resnet18, reactnet_resnet18_fp
+from .registry import available, create, from_spec, is_binary, register
+from .vgg import vgg_small_1w1a, vgg_small_fp
+
+__all__ = [
+    "create",
+    "available",
+    "from_spec",
+    "is_binary",
+    "register",
+    "resnet20_1w1a",
+    "resnet20_fp",
+    "resnet18_1w1a",
+    "resnet18_fp",
+    "vgg_small_1w1a",
+    "vgg_small_fp",
+    "resnet18_1w1a_imagenet",
+    "resnet34_1w1a_imagenet",
+    "resnet18_fp_imagenet",
+    "resnet34_fp_imagenet",
+    "reactnet_resnet18",
+    "reactnet_resnet18_fp",
+]
