@@ -1,0 +1,55 @@
+"""``recu train`` and ``recu eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train a model. Launch with torchrun for several GPUs or machines.")
+    p.add_argument("--config", "-c", help="YAML config (see configs/); the defaults are the CIFAR-10 ResNet-20 recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set epochs=10 --set binary.clamp=mask (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from its last.pt")
+    p.add_argument("--data-dir", help="shortcut for --set data_dir=PATH")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", help="data set (default: the one the checkpoint was trained on)")
+    e.add_argument("--data-dir", help="data folder (default: the checkpoint's)")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    cfg = TrainConfig.from_yaml(args.config, overrides)
+    result = train(cfg, resume=args.resume)
+    if result.get("final_top1") is not None:
+        print(f"final test top-1 {result['final_top1']:.2f}% (best {result['best_top1']:.2f}% "
+              f"at epoch {result['best_epoch'] + 1}); run in {result['run_dir']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..data import build_loaders
+    from ..train import evaluate, load_checkpoint, model_from_checkpoint
+    from ..train.distributed import resolve_device
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = state.get("config", {})
+    device = resolve_device(args.device)
+    data = build_loaders(args.dataset or cfg.get("dataset", "cifar10"), args.data_dir or cfg.get("data_dir"),
+                         batch_size=args.batch_size, eval_batch_size=args.batch_size, device=device, seed=0)
+    model = model_from_checkpoint(state, args.checkpoint).to(device)
+    result = evaluate(model, data.test, device)
+    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state.get("epoch"), **result}))
+    return 0

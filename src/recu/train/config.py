@@ -1,0 +1,165 @@
+"""The training configuration: one dataclass, loadable from YAML, overridable by ``key=value``."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["TrainConfig", "parse_override"]
+
+_CHOICES = {
+    "optimizer": ("sgd", "adam"),
+    "lr_schedule": ("cosine", "constant"),
+    "weight_decay_on": ("all", "conv_fc"),
+    "tau_schedule": ("exponential", "linear", "cosine", "constant"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the paper's CIFAR-10 recipe (ResNet-20).
+
+    ``binary`` holds :class:`recu.BinaryConfig` fields that change the ``preset``, e.g.
+    ``{"clamp": "mask"}``; on the command line ``--set binary.clamp=mask``.
+    """
+
+    name: str = "resnet20_recu"
+    out_dir: str = "runs"
+    # model
+    model: str = "resnet20_1w1a"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    preset: str = "recu"
+    binary: dict[str, Any] = field(default_factory=dict)
+    # data
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    download: bool = False
+    subset: Optional[int] = None
+    augment: bool = True
+    workers: int = 4
+    batch_size: int = 256
+    eval_batch_size: int = 1000
+    # optimisation
+    epochs: int = 600
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    weight_decay_on: str = "all"
+    warmup_epochs: int = 5
+    lr_schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    # ReCU
+    tau_schedule: str = "exponential"
+    tau_start: float = 0.85
+    tau_end: float = 0.99
+    tau_switch_off: Optional[float] = None
+    tau_per_step: bool = False
+    # distillation / two-stage
+    teacher: Optional[str] = None
+    init_from: Optional[str] = None
+    # run
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    monitor: bool = True
+    eval_every: int = 1
+    progress: Optional[bool] = None
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"config {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"config warmup_epochs must lie in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"config lr must be > 0, got {self.lr}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "TrainConfig":
+        """Load ``path`` (or the defaults when ``None``) and apply ``key=value`` overrides in order."""
+        import yaml
+
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"config file {path} must hold a mapping of keys to values")
+            data.update(loaded)
+        for item in overrides:
+            key, value = parse_override(item)
+            head, _, sub = key.partition(".")
+            if sub:
+                nested = dict(data.get(head) or {})
+                nested[sub] = value
+                data[head] = nested
+            else:
+                data[key] = value
+        return cls.from_dict(_coerce(data))
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"lr=0.05"`` -> ("lr", 0.05); the value is read as YAML (numbers, booleans, null, lists)."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} must look like key=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _coerce(data: dict[str, Any]) -> dict[str, Any]:
+    """Cast YAML scalars to the field types (so ``lr: 1e-3``, read by YAML as a string, works)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if value is None or hint is None:
+            continue
+        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        target = base[0] if len(base) == 1 else None
+        if target in (int, float) and not isinstance(value, bool):
+            try:
+                out[key] = target(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"config {key} must be a {target.__name__}, got {value!r}") from None
+        elif target is bool and not isinstance(value, bool):
+            raise ValueError(f"config {key} must be true or false, got {value!r}")
+        elif target is str and not isinstance(value, str):
+            out[key] = str(value)
+    return out

@@ -1,0 +1,315 @@
+"""The training loop: data -> model -> epochs (lr and tau set per epoch, callbacks, checkpoint) -> log."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import __version__
+from ..convert import binary_layers
+from ..nn import BinaryLayer, preset
+from ..schedule import TauSchedule, create_schedule
+from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
+from .log import MetricsLog, Progress, read_metrics
+
+__all__ = ["train", "Trainer", "lr_factor", "param_groups", "evaluate", "build_model", "model_from_checkpoint"]
+
+
+def lr_factor(epoch: int, epochs: int, warmup_epochs: int, schedule: str = "cosine") -> float:
+    """The authors' recipe: lr * (e + 1) / W for the W warm-up epochs, then cosine to 0 over the rest."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
+    if schedule == "constant":
+        return 1.0
+    span = max(epochs - warmup_epochs, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+def param_groups(model: nn.Module, weight_decay: float, on: str = "all") -> list[dict[str, Any]]:
+    """``all``: decay every parameter (CIFAR recipe). ``conv_fc``: only the weights of convolutions
+    and linear layers, except full-precision 1x1 downsampling convolutions (ImageNet recipe)."""
+    if on == "all":
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay: list[Tensor] = []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            fp_downsample = (isinstance(module, nn.Conv2d) and not isinstance(module, BinaryLayer)
+                             and tuple(module.kernel_size) == (1, 1))
+            if not fp_downsample and module.weight.requires_grad:
+                decay.append(module.weight)
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from ..models import create
+
+    binary = preset(cfg.preset, **cfg.binary)
+    return create(cfg.model, num_classes=num_classes, config=binary, **cfg.model_kwargs)
+
+
+def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes (``model_spec``) and load its weights."""
+    from ..models import create
+    from ..nn import BinaryConfig
+
+    spec = state.get("model_spec")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{source} has no model_spec: it was not written by recu train")
+    config = BinaryConfig(**spec["config"]) if spec.get("config") else None
+    model = create(spec["name"], num_classes=spec.get("num_classes", 10), config=config, **spec.get("kwargs", {}))
+    load_model_state(model, state["model"], source)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, channels_last: bool = False) -> dict[str, float]:
+    """Cross-entropy, top-1 and top-5 accuracy (%) over a whole loader."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    for x, y in loader:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(y[:, None])
+        totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                               hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
+                               torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
+    model.train(was_training)
+    loss, top1, top5, n = totals.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+def _soft_cross_entropy(student: Tensor, teacher: Tensor) -> Tensor:
+    return -(teacher.softmax(dim=1) * student.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+class Trainer:
+    """One training run of a :class:`TrainConfig`. ``fit()`` trains and returns the summary."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.extra_callbacks = list(callbacks or [])
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist: DistInfo = init_distributed(self.device)
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.dist.world_size} processes")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed)
+
+        from ..data import build_loaders
+
+        self.data = build_loaders(
+            cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, self.device, cfg.seed,
+            rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
+            download=cfg.download, workers=cfg.workers, subset=cfg.subset,
+        )
+        self.model = build_model(cfg, self.data.num_classes).to(self.device)
+        if cfg.init_from:
+            load_model_state(self.model, load_checkpoint(cfg.init_from)["model"], f"init_from {cfg.init_from}")
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.teacher = None
+        if cfg.teacher:
+            self.teacher = model_from_checkpoint(load_checkpoint(cfg.teacher), f"teacher {cfg.teacher}")
+            self.teacher.to(self.device).eval().requires_grad_(False)
+
+        self.has_binary = bool(binary_layers(self.model))
+        self.tau: Optional[TauSchedule] = None
+        if self.has_binary:
+            self.tau = create_schedule(cfg.tau_schedule, cfg.epochs, cfg.tau_start, cfg.tau_end, cfg.tau_switch_off)
+        groups = param_groups(self.model, cfg.weight_decay, cfg.weight_decay_on)
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        else:
+            self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+
+        self.callbacks = list(self.extra_callbacks)
+        if cfg.monitor and self.has_binary and self.dist.is_main:
+            try:
+                from ..analysis.monitor import DeadWeightMonitor
+            except ImportError:  # the analysis extra is optional
+                DeadWeightMonitor = None  # type: ignore[assignment,misc]
+            if DeadWeightMonitor is not None:
+                self.callbacks.append(DeadWeightMonitor())
+
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            if cfg.sync_bn:
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+        self.run_dir = cfg.run_dir
+        self.log = MetricsLog(self.run_dir, cfg.tensorboard) if self.dist.is_main else None
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.best_epoch = -1
+        last = self.run_dir / "last.pt"
+        if last.exists() and not self.resume:
+            raise ValueError(f"{self.run_dir} already holds a run (last.pt): pass --resume to continue it "
+                             f"or choose another name/out_dir")
+        if self.resume and last.exists():
+            self._load(load_checkpoint(last))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.run_dir / "config.yaml")
+
+    def _load(self, state: dict[str, Any]) -> None:
+        spec = getattr(self.model, "recu_spec", {})
+        if state.get("model_spec", {}).get("name") != spec.get("name"):
+            raise ValueError(f"cannot resume: the checkpoint holds {state.get('model_spec', {}).get('name')!r}, "
+                             f"the config asks for {spec.get('name')!r}")
+        load_model_state(self.model, state["model"], "checkpoint last.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.tau is not None and state.get("tau_schedule"):
+            self.tau.load_state_dict(state["tau_schedule"])
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(cb_state)
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_top1 = float(state.get("best_top1", -1.0))
+        self.best_epoch = int(state.get("best_epoch", -1))
+        if self.log is not None:
+            kept = [r for r in read_metrics(self.log.path) if r.get("epoch", -1) < int(state["epoch"])]
+            self.log.rewrite(kept + [state["metrics"]])
+
+    def _state(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "model_spec": getattr(self.model, "recu_spec", {}),
+            "optimizer": self.optimizer.state_dict(),
+            "tau_schedule": self.tau.state_dict() if self.tau is not None else None,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "epoch": epoch,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "metrics": record,
+            "recu_version": __version__,
+        }
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, loader = self.cfg, self.data.train
+        loader.set_epoch(epoch)
+        self.net.train()
+        steps = len(loader)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        progress = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}",
+                            cfg.progress if self.dist.is_main else False, unit_scale=cfg.batch_size)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            if self.tau is not None and cfg.tau_per_step:
+                self.tau.apply(self.model, epoch, step, steps)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self.net(x)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x)
+                loss = _soft_cross_entropy(logits, target)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * y.numel(),
+                                     (logits.argmax(dim=1) == y).sum().double(),
+                                     torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
+            progress.update(y.numel() * self.dist.world_size)
+        progress.close()
+        elapsed = time.perf_counter() - start
+        loss_sum, correct, n = all_reduce_sum(sums, self.dist).tolist()
+        return {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
+                "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
+
+    def fit(self) -> dict[str, Any]:
+        self._setup()
+        cfg = self.cfg
+        try:
+            if self.start_epoch == 0:
+                for cb in self.callbacks:
+                    cb.on_train_begin(self.model, self.run_dir, cfg.epochs)
+            record: dict[str, Any] = {}
+            for epoch in range(self.start_epoch, cfg.epochs):
+                lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                tau = self.tau.apply(self.model, epoch) if self.tau is not None else None
+                record = {"epoch": epoch, "lr": lr, "tau": tau}
+                record.update(self._train_epoch(epoch))
+                if self.tau is not None and cfg.tau_per_step:
+                    record["tau"] = self.tau.last_tau
+                last_epoch = epoch == cfg.epochs - 1
+                if self.dist.is_main and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
+                    test = evaluate(self.model, self.data.test, self.device, cfg.channels_last)
+                    record.update({f"test_{k}": v for k, v in test.items()})
+                    if test["top1"] > self.best_top1:
+                        self.best_top1, self.best_epoch = test["top1"], epoch
+                if self.dist.is_main:
+                    monitor: dict[str, Any] = {}
+                    for cb in self.callbacks:
+                        monitor.update(cb.on_epoch_end(self.model, epoch) or {})
+                    if monitor:
+                        record["monitor"] = monitor
+                    state = self._state(epoch, record)
+                    save_checkpoint(state, self.run_dir / "last.pt")
+                    if self.best_epoch == epoch:
+                        save_checkpoint(state, self.run_dir / "best.pt")
+                    assert self.log is not None
+                    self.log.write(record)
+                    print(_epoch_line(record, cfg.epochs), flush=True)
+                barrier(self.dist)
+            final = read_metrics(self.run_dir / "metrics.jsonl") if self.dist.is_main else []
+            last_record = final[-1] if final else record
+            return {"final_top1": last_record.get("test_top1"), "final_top5": last_record.get("test_top5"),
+                    "best_top1": self.best_top1, "best_epoch": self.best_epoch, "run_dir": str(self.run_dir),
+                    "epochs": cfg.epochs}
+        finally:
+            if self.log is not None:
+                self.log.close()
+            cleanup(self.dist)
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {r['epoch'] + 1}/{epochs}", f"lr {r['lr']:.4g}"]
+    if r.get("tau") is not None:
+        parts.append(f"tau {r['tau']:.4f}")
+    parts.append(f"train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%")
+    if "test_top1" in r:
+        parts.append(f"test top1 {r['test_top1']:.2f}% top5 {r['test_top5']:.2f}%")
+    parts.append(f"{r['images_per_s']:.0f} img/s, {r['epoch_time_s']:.1f}s")
+    return " | ".join(parts)
+
+
+def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch`` and ``run_dir``."""
+    return Trainer(cfg, callbacks, resume).fit()
