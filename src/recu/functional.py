@@ -60,7 +60,9 @@ def check_tau(tau: TauLike) -> None:
     """
     if isinstance(tau, Tensor):
         if tau.dim() != 0:
-            raise ValueError(f"tau must be a number or a 0-dim tensor, got a tensor of shape {tuple(tau.shape)}")
+            raise ValueError(
+                f"{TAU_RANGE_MESSAGE}, given as a number or a 0-dim tensor; got a tensor of shape {tuple(tau.shape)}"
+            )
         if tau.device.type != "cpu" or _is_tracing():
             return
         value = float(tau)
@@ -101,7 +103,10 @@ def laplace_scale(w: Tensor, per_channel: bool = False) -> Tensor:
 
 
 def laplace_quantile(tau: TauLike, b: Tensor) -> Tensor:
-    """Step 4 (paper Eq. 10): Q(tau) = -b * ln(2 - 2 tau), the tau-quantile of |La(0, b)|.
+    """Step 4 (paper Eq. 10): Q(tau) = -b * ln(2 - 2 tau), the tau-quantile of La(0, b).
+
+    For X ~ La(0, b): P(X <= Q) = tau, so P(|X| <= Q) = 2 tau - 1 and a share
+    2 (1 - tau) of Laplace weights lies beyond +-Q.
 
     Defined for 0.5 < tau <= 1; tau = 1 gives Q = +inf (no clamp). The result is
     detached: ReCU treats Q as a constant in backward. ``b`` may be a scalar tensor
@@ -134,7 +139,8 @@ def recu_mask(w: Tensor, q: Tensor) -> Tensor:
 def recu_clamp_ste(w: Tensor, q: Tensor) -> Tensor:
     """Ablation "clamp with straight-through": clamp in forward, identity gradient."""
     clamped = torch.clamp(w, min=-q, max=q)
-    return w + (clamped - w).detach()
+    # clamped + 0 (not w + (clamped - w)): exact in floating point for any finite w.
+    return clamped.detach() + (w - w.detach())
 
 
 def sign(x: Tensor) -> Tensor:
@@ -145,7 +151,8 @@ def sign(x: Tensor) -> Tensor:
 
 def sign_ste(x: Tensor) -> Tensor:
     """Step 6: weight binarisation, forward :func:`sign`, backward identity (no window)."""
-    return x + (sign(x) - x).detach()
+    # sign(x) + 0 is exactly +-1; x + (sign(x) - x) rounds to 0 or 2 once |x| >= 2**24 in float32.
+    return sign(x).detach() + (x - x.detach())
 
 
 class _ApproxSign(torch.autograd.Function):
@@ -171,7 +178,7 @@ def approx_sign(x: Tensor) -> Tensor:
 def sign_clipped_ste(x: Tensor) -> Tensor:
     """Sign with the clipped straight-through estimator (BNN, hardtanh): gradient 1 where |x| <= 1."""
     clipped = torch.clamp(x, -1.0, 1.0)
-    return clipped + (sign(x) - clipped).detach()
+    return sign(x).detach() + (clipped - clipped.detach())
 
 
 def normalize_activation(a: Tensor, eps: float = 1e-5) -> Tensor:
