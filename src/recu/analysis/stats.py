@@ -1,0 +1,162 @@
+"""Distribution statistics of weight tensors, vectorised in torch (shared by the monitor and the report).
+
+Every function returns tensors on the input's device and never synchronises with the
+host, so a caller can gather many results and read them back at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "kurtosis",
+    "tail_mass",
+    "laplace_fit",
+    "gaussian_fit",
+    "laplace_cdf",
+    "gaussian_cdf",
+    "ks_statistics",
+    "log_likelihoods",
+    "binary_entropy_bits",
+    "histogram_entropy",
+    "magnitude_buckets",
+    "filter_std",
+]
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def kurtosis(x: Tensor) -> Tensor:
+    """Pearson kurtosis E(x - m)^4 / var^2 (not excess): 3 for a Gaussian, 6 for a Laplace."""
+    x = x.flatten().to(torch.float64)
+    d = x - x.mean()
+    var = (d * d).mean()
+    return (d**4).mean() / (var * var)
+
+
+def tail_mass(x: Tensor, k: float = 3.0) -> Tensor:
+    """Share of |x - mean| > k std: 0.27% for a Gaussian, exp(-k sqrt 2) = 1.44% for a Laplace at k = 3."""
+    x = x.flatten().to(torch.float64)
+    d = (x - x.mean()).abs()
+    return (d > k * x.std(unbiased=False)).to(torch.float64).mean()
+
+
+def laplace_fit(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Maximum-likelihood Laplace: location = median, scale b = mean |x - median|."""
+    x = x.flatten().to(torch.float64)
+    loc = x.median()
+    return loc, (x - loc).abs().mean().clamp_min(1e-300)
+
+
+def gaussian_fit(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Maximum-likelihood Gaussian: mean and the biased standard deviation."""
+    x = x.flatten().to(torch.float64)
+    return x.mean(), x.std(unbiased=False).clamp_min(1e-300)
+
+
+def laplace_cdf(x: Tensor, loc: Tensor, b: Tensor) -> Tensor:
+    """F(x) = exp(z)/2 for z = (x - loc)/b < 0, 1 - exp(-z)/2 otherwise."""
+    z = (x - loc) / b
+    half = 0.5 * torch.exp(-z.abs())
+    return torch.where(z < 0, half, 1.0 - half)
+
+
+def gaussian_cdf(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """F(x) = (1 + erf((x - mu) / (sigma sqrt 2))) / 2."""
+    return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * _SQRT2)))
+
+
+def _subsample(x: Tensor, max_samples: int) -> Tensor:
+    x = x.flatten()
+    if x.numel() > max_samples:
+        # A fixed stride keeps the result deterministic (a resumed run gives the same numbers).
+        x = x[:: math.ceil(x.numel() / max_samples)]
+    return x
+
+
+def ks_statistics(x: Tensor, max_samples: int = 1 << 20) -> tuple[Tensor, Tensor]:
+    """Kolmogorov-Smirnov statistics D = sup |F_n - F| of the ML Laplace and the ML Gaussian fits.
+
+    The smaller D is the better fit. Layers with more than ``max_samples`` weights are
+    subsampled with a fixed stride to bound the sort.
+    """
+    xs = torch.sort(_subsample(x, max_samples).to(torch.float64)).values
+    n = xs.numel()
+    i = torch.arange(1, n + 1, dtype=torch.float64, device=xs.device)
+    upper, lower = i / n, (i - 1) / n
+
+    def ks(cdf: Tensor) -> Tensor:
+        return torch.maximum((upper - cdf).max(), (cdf - lower).max())
+
+    return ks(laplace_cdf(xs, *laplace_fit(xs))), ks(gaussian_cdf(xs, *gaussian_fit(xs)))
+
+
+def log_likelihoods(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean log-likelihood per weight under the ML Laplace and the ML Gaussian fits (higher is better).
+
+    Laplace: -ln(2 b) - mean|x - loc| / b; Gaussian: -ln(2 pi sigma^2)/2 - mean(x - mu)^2 / (2 sigma^2).
+    """
+    x = x.flatten().to(torch.float64)
+    loc, b = laplace_fit(x)
+    mu, sigma = gaussian_fit(x)
+    ll_lap = -torch.log(2.0 * b) - (x - loc).abs().mean() / b
+    ll_gau = -0.5 * torch.log(2.0 * math.pi * sigma * sigma) - ((x - mu) ** 2).mean() / (2.0 * sigma * sigma)
+    return ll_lap, ll_gau
+
+
+def binary_entropy_bits(positive: Tensor) -> Tensor:
+    """Mean over filters of the binary entropy (bits) of each filter's share of +1 weights.
+
+    ``positive`` is a boolean tensor (True = +1) shaped (C_out, ...). 1 bit means balanced
+    filters (the most information a binary filter can carry), 0 a constant filter.
+    """
+    p = positive.flatten(1).to(torch.float64).mean(dim=1)
+    # x log x -> 0 at x = 0: evaluate the log on a safe value, then mask.
+    def xlog2x(v: Tensor) -> Tensor:
+        return torch.where(v > 0, v * torch.log2(torch.where(v > 0, v, torch.ones_like(v))), torch.zeros_like(v))
+
+    return (-(xlog2x(p) + xlog2x(1.0 - p))).mean()
+
+
+def histogram_entropy(x: Tensor, bins: int = 200, span: float = 8.0) -> Tensor:
+    """Scale-free differential entropy (nats) of x / std(x), from a histogram on [-span, span].
+
+    Dividing by the std makes the value independent of b*: a Gaussian gives
+    ln(2 pi e)/2 = 1.419, a Laplace 1 + ln(sqrt 2) = 1.347. Mass beyond +-span is dropped.
+    """
+    x = x.flatten().to(torch.float64)
+    z = (x - x.mean()) / x.std(unbiased=False).clamp_min(1e-300)
+    counts = torch.histc(z, bins=bins, min=-span, max=span)
+    p = counts / x.numel()
+    width = 2.0 * span / bins
+    safe = torch.where(p > 0, p, torch.ones_like(p))
+    return -(torch.where(p > 0, p * torch.log(safe / width), torch.zeros_like(p))).sum()
+
+
+def filter_std(w: Tensor) -> Tensor:
+    """Unbiased standard deviation of each output filter, shaped to broadcast against ``w``."""
+    return w.std(dim=tuple(range(1, w.dim())), keepdim=True, unbiased=True)
+
+
+def magnitude_buckets(z: Tensor, buckets: int) -> tuple[Tensor, Tensor]:
+    """Assign each weight to one of ``buckets`` equal-count buckets of the magnitude ``z``.
+
+    Returns (bucket index per weight as uint8, shaped like ``z``; the bucket edges, buckets + 1
+    values of z: the minimum, the inner quantiles and the maximum). Bucket 0 holds the smallest
+    magnitudes. Ties are split by the sort order, so every bucket holds n // buckets or one more.
+    """
+    if not 1 <= buckets <= 255:
+        raise ValueError(f"buckets must be between 1 and 255, got {buckets}")
+    flat = z.flatten()
+    n = flat.numel()
+    sorted_z, order = torch.sort(flat)
+    rank_bucket = (torch.arange(n, device=z.device) * buckets // n).to(torch.uint8)
+    bucket = torch.empty(n, dtype=torch.uint8, device=z.device)
+    bucket[order] = rank_bucket
+    # first rank of bucket i is ceil(i n / buckets)
+    first = (torch.arange(buckets + 1, device=z.device) * n + buckets - 1) // buckets
+    edges = sorted_z[first.clamp(max=n - 1)]
+    return bucket.view_as(z), edges
