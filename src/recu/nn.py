@@ -8,6 +8,8 @@ for the methods ReCU is compared against; :func:`preset` names them.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -79,10 +81,13 @@ class BinaryConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"BinaryConfig.{name} must be one of {allowed}, got {value!r}")
-        if not self.b_star > 0:
-            raise ValueError(f"BinaryConfig.b_star must be > 0, got {self.b_star}")
-        if not self.eps > 0:
-            raise ValueError(f"BinaryConfig.eps must be > 0, got {self.eps}")
+        for name in ("center", "standardize", "act_norm", "binary_weights", "binary_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"BinaryConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("b_star", "eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise ValueError(f"BinaryConfig.{name} must be a finite number > 0, got {value!r}")
 
     def replace(self, **changes: object) -> "BinaryConfig":
         """A copy with some fields changed (the config itself is frozen)."""
@@ -126,7 +131,7 @@ class BinaryLayer(nn.Module):
             raise TypeError(f"config must be a BinaryConfig, got {type(config).__name__}")
         self.config = config
         if config.scale == "learned":
-            self.alpha = nn.Parameter(torch.rand(alpha_shape, device=self.weight.device))
+            self.alpha = nn.Parameter(torch.rand(alpha_shape, device=self.weight.device, dtype=self.weight.dtype))
         else:
             self.register_parameter("alpha", None)
         self.register_buffer("tau", torch.tensor(1.0, device=self.weight.device))
