@@ -28,9 +28,11 @@ from ..convert import binary_layers
 from ..nn import BinaryLayer
 from . import stats as S
 
-__all__ = ["DeadWeightMonitor", "MONITOR_KIND", "snapshot_path", "forward_signs"]
+__all__ = ["DeadWeightMonitor", "MONITOR_KIND", "RESULT_KEY", "snapshot_path", "forward_signs"]
 
 MONITOR_KIND = "recu.dead_weight"
+# The engine merges the dicts of all callbacks into one "monitor" record: one namespaced key avoids clashes.
+RESULT_KEY = "dead_weight"
 _VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -162,7 +164,7 @@ class DeadWeightMonitor:
 
     @torch.no_grad()
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict:
-        """Statistics of every binary layer at the end of ``epoch`` (JSON-serialisable)."""
+        """Statistics of every binary layer at the end of ``epoch``: ``{"dead_weight": {...}}`` (JSON-serialisable)."""
         if not self._state:
             raise RuntimeError("DeadWeightMonitor.on_epoch_end called before on_train_begin or load_state_dict")
         epoch = int(epoch)
@@ -251,6 +253,9 @@ class DeadWeightMonitor:
             "since_epochs": list(self.since_epochs),
             "start_epoch": self.start_epoch,
             "last_epoch": self.last_epoch,
+            # A resumed run may not call on_train_begin again: keep where and until when to snapshot.
+            "epochs": self.epochs,
+            "run_dir": str(self.run_dir) if self.run_dir is not None else None,
             "layers": layers,
         }
 
@@ -269,6 +274,10 @@ class DeadWeightMonitor:
         self.since_epochs = sorted(set(self.since_epochs) | {int(k) for k in state["since_epochs"]})
         self.start_epoch = state["start_epoch"]
         self.last_epoch = state["last_epoch"]
+        if self.epochs is None and state.get("epochs") is not None:
+            self.epochs = int(state["epochs"])
+        if self.run_dir is None and state.get("run_dir") is not None:
+            self.run_dir = Path(state["run_dir"])
         self._state = {
             name: {
                 "sign": st["sign"].clone(),
@@ -366,7 +375,7 @@ class DeadWeightMonitor:
                 total["bucket_sizes"][i] += bucket_sizes[i]
             for k in keys:
                 total["stable"][k] = None if (k not in stable or total["stable"][k] is None) else total["stable"][k] + stable[k]
-        return {
+        return {RESULT_KEY: {
             "kind": MONITOR_KIND,
             "version": _VERSION,
             "epoch": epoch,
@@ -382,4 +391,4 @@ class DeadWeightMonitor:
                 "bucket_flip_ratio": [f / s if s else None for f, s in
                                       zip(total["bucket_flips"], total["bucket_sizes"])],
             },
-        }
+        }}

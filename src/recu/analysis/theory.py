@@ -114,7 +114,7 @@ def quantization_error(
     to b^2 (tau = 1).
     ``form="paper"``: the published Eq. 14 (appendix A2),
     b^2 (-16 tau^3 + 44 tau^2 - 40 tau - 4 (tau - 1) ln(2 - 2 tau) + 13), which is the corrected
-    value plus 16 b^2 (1 - tau)^3 (a sign error) and has a spurious minimum near tau = 0.80.
+    value plus 16 b^2 (1 - tau)^3 (a sign error) and has a spurious minimum at tau = 0.821 (the paper's "tau ~ 0.82").
     """
     t, scalar = check_tau_array(tau)
     bb = _check_b(b)
