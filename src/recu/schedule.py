@@ -94,9 +94,9 @@ class TauSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("type") != type(self).__name__:
             raise ValueError(f"state is for {state.get('type')!r}, not {type(self).__name__}")
-        for key in self._params():
-            if state[key] != getattr(self, key):
-                raise ValueError(f"{type(self).__name__}.{key} is {getattr(self, key)}, the state has {state[key]}")
+        for key, value in self._params().items():
+            if state.get(key) != value:
+                raise ValueError(f"{type(self).__name__}.{key} is {value}, the state has {state.get(key)}")
         self.last_tau, self.last_epoch = state["last_tau"], state["last_epoch"]
 
     def __repr__(self) -> str:
