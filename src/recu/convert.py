@@ -83,15 +83,16 @@ def binarize(
     if callable(skip):
         keep |= {n for n, m in candidates if skip(n, m)}
     elif skip is not None:
-        names = set(skip)
+        names = {skip} if isinstance(skip, str) else set(skip)
         unknown = names - {n for n, _ in candidates}
         if unknown:
             raise ValueError(f"skip names layers that are not Conv1d/Conv2d/Linear in the model: {sorted(unknown)}")
         keep |= names
-    for name, module in candidates:
-        if name in keep:
-            continue
+    # Build every new layer first, so that an error (non-finite weights, padding mode)
+    # leaves an ``inplace`` model untouched rather than half converted.
+    replacements = [(name, _to_binary(module, config)) for name, module in candidates if name not in keep]
+    for name, new in replacements:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _to_binary(module, config))
+        setattr(parent, child, new)
     return model
