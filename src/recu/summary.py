@@ -10,6 +10,7 @@ Conventions (those of the BNN literature: XNOR-Net, Bi-Real, ReCU):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -122,7 +123,8 @@ def _count(n: float) -> str:
 
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
-        return module.in_features * module.out_features
+        # out[0] is (..., out_features): a Linear applied to a sequence counts once per position.
+        return out[0].numel() * module.in_features
     assert isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
     return out[0].numel() * per_output
@@ -133,9 +135,14 @@ def summary(model: nn.Module, input_size: Sequence[int]) -> ModelSummary:
 
     Runs one forward pass in eval mode without gradients on the model's device.
     """
-    input_size = tuple(int(s) for s in input_size)
-    if not input_size or any(s <= 0 for s in input_size):
-        raise ValueError(f"input_size must be positive sizes without the batch dim, e.g. (3, 32, 32); got {input_size}")
+    message = "input_size must be positive integer sizes without the batch dim, e.g. (3, 32, 32)"
+    try:
+        sizes = tuple(input_size)
+    except TypeError:
+        raise ValueError(f"{message}; got {input_size!r}") from None
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0 for s in sizes):
+        raise ValueError(f"{message}; got {input_size!r}")
+    input_size = tuple(int(s) for s in sizes)
     rows: dict[str, LayerSummary] = {}
     hooks = []
 
@@ -167,13 +174,14 @@ def summary(model: nn.Module, input_size: Sequence[int]) -> ModelSummary:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
             with torch.no_grad():
                 model(torch.zeros((1,) + input_size, device=device, dtype=dtype))
         finally:
-            model.train(was_training)
+            for m, mode in modes:  # each module's own mode (a frozen BatchNorm stays in eval)
+                m.training = mode
     finally:
         for h in hooks:
             h.remove()
