@@ -133,3 +133,13 @@ def test_dtype_preserved() -> None:
     out = binarize(model)
     assert out[1].weight.dtype == out[1].alpha.dtype == torch.float64
     assert out(torch.randn(1, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_model_that_is_itself_a_layer() -> None:
+    conv = nn.Conv2d(3, 4, 3)
+    out = binarize(conv, keep_first_last=False)
+    assert type(out) is ReCUConv2d and torch.equal(out.weight, conv.weight)
+    assert list(out._modules) == [] and type(conv) is nn.Conv2d
+    assert binarize(conv) is not conv and type(binarize(conv)) is nn.Conv2d  # first = last: kept
+    lin = nn.Linear(3, 2)
+    assert type(binarize(lin, keep_first_last=False, inplace=True)) is ReCULinear

@@ -92,6 +92,8 @@ def binarize(
     # leaves an ``inplace`` model untouched rather than half converted.
     replacements = [(name, _to_binary(module, config)) for name, module in candidates if name not in keep]
     for name, new in replacements:
+        if not name:  # the model itself is a Conv/Linear: return its replacement (even with inplace)
+            return new
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
