@@ -1,0 +1,390 @@
+"""Compiled (numba) packers and XNOR-popcount convolutions. Internal: use :mod:`recu.deploy.kernels`.
+
+Importing this module imports numba and creates lazy dispatchers; nothing is compiled until a
+function is first called (and then it is loaded from numba's on-disk cache when possible).
+
+Two convolution kernels share one contract (see :func:`conv_fast` for the arguments):
+
+- ``conv_fast``: weights blocked as ``(ceil(C_out / 8), KH, KW, CW, 8)`` so that one activation
+  word meets 8 output channels at once. The 8 accumulators are scalars the SLP vectoriser merges
+  into one 512-bit register: the inner step is load 8 weight words, XOR with the broadcast
+  activation word, ``vpopcntq``, ``vpaddq`` - 512 binary multiply-accumulates per popcount.
+- ``conv_portable``: canonical weights ``(C_out, KH, KW, CW)``, one output channel at a time and a
+  bit-trick (SWAR) popcount, so it relies on no popcount instruction at all.
+
+Both skip the taps that fall into the zero padding and count only the valid ones, which is exact
+zero padding: dot = C_in * taps_valid - 2 * popcount(a XOR w) summed over the valid taps.
+
+fastmath is deliberately off: the kernels are integer code (it would buy nothing) and the packers
+compare floats, where ``nnan`` could change the sign given to NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+__all__ = ["pack_nhwc", "pack_nchw", "pack_nchw_tensor", "conv_fast", "conv_portable", "block_weights"]
+
+LANES = 8  # 8 x 64-bit lanes = one 512-bit register
+
+
+def _jit(**options):  # type: ignore[no-untyped-def]
+    """``njit(cache=True, **options)``, or without the cache when no cache directory is writable."""
+
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
+            warnings.warn(f"recu.deploy: numba cache unavailable ({e}); kernels compile on every run",
+                          RuntimeWarning, stacklevel=2)
+            return njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+_WIDE_VECTOR_ATTRS = ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"')
+
+
+def _prefer_512_bit(fn) -> None:  # type: ignore[no-untyped-def]
+    """Let LLVM use 512-bit vectors in ``fn`` (the function a kernel loop is lowered into).
+
+    LLVM tunes Ice Lake-class CPUs to prefer 256-bit vectors, which halves the bits per
+    ``vpopcntq``; these per-function attributes lift that for the kernels alone, leaving the rest
+    of the process's numba code as it was. llvmlite only lists enum attributes, hence ``set.add``.
+    """
+    for attr in _WIDE_VECTOR_ATTRS:
+        set.add(fn.attributes, attr)
+
+
+@intrinsic
+def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
+    """LLVM ``ctpop`` on a uint64, typed int64 so sums stay integers (uint64 + int64 is float in numba)."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        _prefer_512_bit(builder.function)
+        return builder.ctpop(args[0])
+
+    return types.int64(types.uint64), codegen
+
+
+def _make_xnor_rows(pixels: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``xnor_rows(a, aoff, astep, arow, wb, woff, wrow, rows, n, acc)`` for ``pixels`` pixels.
+
+    For p < pixels and lane < 8::
+
+        acc[8p + lane] = sum_{k < rows} sum_{t < n}
+                          popcount(a[aoff + k * arow + p * astep + t] XOR wb[woff + k * wrow + 8t + lane])
+
+    written directly as LLVM vector IR: one <8 x i64> weight load feeds ``pixels`` XOR /
+    ``ctpop`` / add chains whose accumulators live in registers for the whole loop. Numba's
+    own lowering of the same loop let the loop vectoriser interleave across ``t``, which cost
+    5-10 cycles per step instead of about one.
+    """
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    @intrinsic
+    def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, rows, n, acc):  # type: ignore[no-untyped-def]
+        arr_u64 = types.Array(types.uint64, 1, "C")
+        arr_i64 = types.Array(types.int64, 1, "C")
+        ints = (aoff, astep, arow, woff, wrow, rows, n)
+        if a != arr_u64 or wb != arr_u64 or acc != arr_i64 or not all(isinstance(v, types.Integer) for v in ints):
+            return None
+        i = types.int64
+        sig = types.void(a, i, i, i, wb, i, i, i, i, acc)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            _prefer_512_bit(builder.function)
+            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            w_arr = context.make_array(signature.args[4])(context, builder, args[4])
+            c_arr = context.make_array(signature.args[9])(context, builder, args[9])
+            aoff_v, astep_v, arow_v, woff_v, wrow_v, rows_v, n_v = args[1], args[2], args[3], args[5], args[6], args[7], args[8]
+            i64 = ir.IntType(64)
+            vec = ir.VectorType(i64, 8)
+            vptr = vec.as_pointer()
+            zero = ir.Constant(i64, 0)
+            one = ir.Constant(i64, 1)
+            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
+            zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+            undef = ir.Constant(vec, ir.Undefined)
+            acc_ptrs = [builder.bitcast(builder.gep(c_arr.data, [ir.Constant(i64, 8 * p)]), vptr)
+                        for p in range(pixels)]
+            init = [ir.Constant(vec, [0] * 8) for _ in range(pixels)]
+            entry = builder.block
+            row_head = builder.append_basic_block("xnor.row")
+            loop = builder.append_basic_block("xnor.loop")
+            row_end = builder.append_basic_block("xnor.rowend")
+            done = builder.append_basic_block("xnor.done")
+            go = builder.and_(builder.icmp_signed(">", n_v, zero), builder.icmp_signed(">", rows_v, zero))
+            builder.cbranch(go, row_head, done)
+
+            # Outer loop over kernel rows (strided in NHWC), inner loop over the contiguous words of a row.
+            builder.position_at_end(row_head)
+            k = builder.phi(i64)
+            racc = [builder.phi(vec) for _ in range(pixels)]
+            a_row = builder.gep(a_arr.data, [builder.add(aoff_v, builder.mul(k, arow_v))])
+            a_px = [builder.gep(a_row, [builder.mul(astep_v, ir.Constant(i64, p))]) for p in range(pixels)]
+            w_row = builder.gep(w_arr.data, [builder.add(woff_v, builder.mul(k, wrow_v))])
+            builder.branch(loop)
+
+            builder.position_at_end(loop)
+            t = builder.phi(i64)
+            accs = [builder.phi(vec) for _ in range(pixels)]
+            wv = builder.load(builder.bitcast(builder.gep(w_row, [builder.mul(t, ir.Constant(i64, 8))]), vptr),
+                              align=8)
+            new_accs = []
+            for p in range(pixels):
+                x = builder.load(builder.gep(a_px[p], [t]))
+                xs = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
+                                            undef, zero_mask)
+                new_accs.append(builder.add(accs[p], builder.call(ctpop, [builder.xor(wv, xs)])))
+            t_next = builder.add(t, one)
+            builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
+            t.add_incoming(zero, row_head)
+            t.add_incoming(t_next, loop)
+            for p in range(pixels):
+                accs[p].add_incoming(racc[p], row_head)
+                accs[p].add_incoming(new_accs[p], loop)
+
+            builder.position_at_end(row_end)
+            k_next = builder.add(k, one)
+            builder.cbranch(builder.icmp_signed("<", k_next, rows_v), row_head, done)
+            k.add_incoming(zero, entry)
+            k.add_incoming(k_next, row_end)
+            for p in range(pixels):
+                racc[p].add_incoming(init[p], entry)
+                racc[p].add_incoming(new_accs[p], row_end)
+
+            builder.position_at_end(done)
+            results = [builder.phi(vec) for _ in range(pixels)]  # LLVM wants all phis first
+            for p in range(pixels):
+                results[p].add_incoming(init[p], entry)
+                results[p].add_incoming(new_accs[p], row_end)
+            for p in range(pixels):
+                builder.store(results[p], acc_ptrs[p], align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return xnor_rows
+
+
+@intrinsic
+def sign_bits64(typingctx, x, off):  # type: ignore[no-untyped-def]
+    """Bits ``x[off + i] >= 0`` for i < 64 of a float32 array as one uint64 (bit i = element i).
+
+    One ``<64 x float>`` compare and a bitcast of the ``<64 x i1>`` result: on AVX-512 four
+    ``vcmpps`` into mask registers, instead of 64 scalar compares and shifts. Ordered compare:
+    NaN gives 0 (-1), as ``torch.where(x >= 0, 1, -1)`` does.
+    """
+    if x != types.Array(types.float32, 1, "C") or not isinstance(off, types.Integer):
+        return None
+    sig = types.uint64(x, types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        from llvmlite import ir
+
+        _prefer_512_bit(builder.function)
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        vty = ir.VectorType(ir.FloatType(), 64)
+        v = builder.load(builder.bitcast(builder.gep(arr.data, [args[1]]), vty.as_pointer()), align=4)
+        mask = builder.fcmp_ordered(">=", v, ir.Constant(vty, [0.0] * 64))
+        return builder.bitcast(mask, ir.IntType(64))
+
+    return sig, codegen
+
+
+XNOR_PIXELS = 4  # output pixels per register block: 4 accumulators + 1 weight vector in flight
+xnor_rows1 = _make_xnor_rows(1)
+xnor_rows4 = _make_xnor_rows(XNOR_PIXELS)
+
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1 = np.uint64(1)
+_S2 = np.uint64(2)
+_S4 = np.uint64(4)
+_S56 = np.uint64(56)
+
+
+@_jit(inline="always")
+def popcount_swar(x):  # type: ignore[no-untyped-def]
+    """Population count with shifts and masks only (no popcount instruction needed)."""
+    x = x - ((x >> _S1) & _M1)
+    x = (x & _M2) + ((x >> _S2) & _M2)
+    x = (x + (x >> _S4)) & _M4
+    return np.int64((x * _H01) >> _S56)
+
+
+@_jit(parallel=True)
+def pack_nhwc(x, c_, out):  # type: ignore[no-untyped-def]
+    """x: float32 (N*H*W*C,) flat NHWC -> out: uint64 (N*H*W, CW), bit 1 where x >= 0."""
+    pixels, cw_ = out.shape
+    full = c_ // 64
+    for q in prange(pixels):
+        base = q * c_
+        for j in range(full):
+            out[q, j] = sign_bits64(x, base + j * 64)
+        if full < cw_:  # the last, partial word: pad bits stay 0
+            word = np.uint64(0)
+            for c in range(full * 64, c_):
+                word |= np.uint64(x[base + c] >= 0) << np.uint64(c - full * 64)
+            out[q, full] = word
+
+
+@_jit(parallel=True)
+def pack_nchw(x, out):  # type: ignore[no-untyped-def]
+    """x: float (N, C, H, W) C-contiguous -> out: uint64 (N, H, W, CW), bit 1 where x >= 0."""
+    n_, c_, h_, w_ = x.shape
+    cw_ = out.shape[3]
+    for r in prange(n_ * h_):
+        n = r // h_
+        h = r - n * h_
+        for w in range(w_):
+            for j in range(cw_):
+                out[n, h, w, j] = 0
+        for c in range(c_):
+            j = c // 64
+            b = np.uint64(c - j * 64)
+            for w in range(w_):
+                out[n, h, w, j] |= np.uint64(x[n, c, h, w] >= 0) << b
+
+
+def pack_nchw_tensor(x: torch.Tensor) -> np.ndarray:
+    """Pack a float NCHW tensor (contiguous or channels_last) without materialising its signs."""
+    if x.dtype != torch.float32:
+        x = x.float()
+    n, c, h, w = x.shape
+    out = np.empty((n, h, w, (c + 63) // 64), dtype=np.uint64)
+    nhwc = x.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():  # channels_last: the layout the packed model keeps between layers
+        pack_nhwc(nhwc.numpy().reshape(-1), c, out.reshape(-1, out.shape[3]))
+    else:
+        pack_nchw(x.contiguous().numpy(), out)
+    return out
+
+
+def block_weights(bits: np.ndarray) -> np.ndarray:
+    """Canonical ``(C_out, KH, KW, CW)`` -> blocked ``(ceil(C_out / 8), KH, KW, CW, 8)`` for :func:`conv_fast`.
+
+    Output channels past C_out are zero weights whose results are never written.
+    """
+    o, kh, kw, cw = bits.shape
+    ob = (o + LANES - 1) // LANES
+    padded = np.zeros((ob * LANES, kh, kw, cw), dtype=np.uint64)
+    padded[:o] = bits
+    return np.ascontiguousarray(padded.reshape(ob, LANES, kh, kw, cw).transpose(0, 2, 3, 4, 1))
+
+
+@_jit(inline="always")
+def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    if o0 + 8 <= c_out:  # constant trip count: LLVM writes 8 lanes with a few vector instructions
+        for p in range(pixels):
+            if affine:
+                for lane in range(8):
+                    out_f[n, oh, ow + p, o0 + lane] = np.float32(
+                        scale[o0 + lane] * np.float32(valid - 2 * acc[8 * p + lane]) + bias[o0 + lane])
+            else:
+                for lane in range(8):
+                    out_i[n, oh, ow + p, o0 + lane] = valid - 2 * acc[8 * p + lane]
+        return
+    for p in range(pixels):
+        for lane in range(c_out - o0):
+            dot = valid - 2 * acc[8 * p + lane]
+            o = o0 + lane
+            if affine:
+                out_f[n, oh, ow + p, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
+            else:
+                out_i[n, oh, ow + p, o] = dot
+
+
+@_jit(parallel=True)
+def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """Binary conv2d, 8 output channels x up to 4 output pixels per step.
+
+    a: uint64 (N*H*W*CW,) the packed NHWC input, flat. wb: uint64 (OB*KH*KW*CW*8,), the blocked
+    weights (:func:`block_weights`), flat. (h_, w_, cw_) input geometry, (kh_, kw_) kernel size,
+    c_in / c_out the true channel counts, (sh, sw) stride, (ph, pw) padding.
+    affine False: out_i int32 (N, OH, OW, C_out) gets the dot products.
+    affine True: out_f float32 (N, OH, OW, C_out) gets scale[o] * dot + bias[o] (folded alpha/BN).
+    """
+    n_ = a.shape[0] // (h_ * w_ * cw_)
+    ob_ = (c_out + 7) // 8
+    oh_ = out_f.shape[1] if affine else out_i.shape[1]
+    ow_ = out_f.shape[2] if affine else out_i.shape[2]
+    row = kw_ * cw_  # one kernel row of one pixel: contiguous in NHWC, so the inner loop is flat
+    blk = XNOR_PIXELS
+    # Output columns whose whole kernel row lies inside the input (no horizontal padding).
+    ow_lo = min(ow_, (pw + sw - 1) // sw)
+    ow_hi = max(ow_lo, min(ow_, (w_ + pw - kw_) // sw + 1))
+    for r in prange(n_ * oh_):
+        acc = np.empty(8 * blk, dtype=np.int64)
+        n = r // oh_
+        oh = r - n * oh_
+        ih0 = oh * sh - ph
+        kh0 = max(0, -ih0)
+        kh1 = min(kh_, h_ - ih0)
+        rows = max(0, kh1 - kh0)
+        # Weight block outermost: its KH*KW*CW*8 words stay in L1 while the row is swept.
+        for ob in range(ob_):
+            o0 = ob * 8
+            ow = 0
+            while ow < ow_:
+                iw0 = ow * sw - pw
+                if ow >= ow_lo and ow + blk <= ow_hi:
+                    abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_
+                    wofs = (ob * kh_ + kh0) * row * 8
+                    xnor_rows4(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, rows, row, acc)
+                    _write_block(acc, blk, rows * kw_ * c_in, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                    ow += blk
+                else:
+                    kw0 = max(0, -iw0)
+                    kw1 = min(kw_, w_ - iw0)
+                    acc[:8] = 0
+                    if kw1 > kw0 and rows > 0:  # else all taps are padding: dot 0
+                        abase = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * cw_
+                        wofs = ((ob * kh_ + kh0) * row + kw0 * cw_) * 8
+                        xnor_rows1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, rows, (kw1 - kw0) * cw_, acc)
+                    valid = rows * max(0, kw1 - kw0) * c_in
+                    _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                    ow += 1
+
+
+@_jit(parallel=True)
+def conv_portable(a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """Binary conv2d, one output channel at a time, SWAR popcount. w: uint64 (C_out, KH, KW, CW)."""
+    n_, h_, w_, cw_ = a.shape
+    o_, kh_, kw_ = w.shape[0], w.shape[1], w.shape[2]
+    oh_ = out_f.shape[1] if affine else out_i.shape[1]
+    ow_ = out_f.shape[2] if affine else out_i.shape[2]
+    for r in prange(n_ * oh_):
+        n = r // oh_
+        oh = r - n * oh_
+        ih0 = oh * sh - ph
+        kh0 = max(0, -ih0)
+        kh1 = min(kh_, h_ - ih0)
+        for ow in range(ow_):
+            iw0 = ow * sw - pw
+            kw0 = max(0, -iw0)
+            kw1 = min(kw_, w_ - iw0)
+            valid = max(0, kh1 - kh0) * max(0, kw1 - kw0) * c_in
+            for o in range(o_):
+                s = 0
+                for kh in range(kh0, kh1):
+                    for kw in range(kw0, kw1):
+                        for j in range(cw_):
+                            s += popcount_swar(a[n, ih0 + kh, iw0 + kw, j] ^ w[o, kh, kw, j])
+                dot = valid - 2 * s
+                if affine:
+                    out_f[n, oh, ow, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
+                else:
+                    out_i[n, oh, ow, o] = dot

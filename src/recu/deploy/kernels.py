@@ -1,0 +1,266 @@
+"""Binary conv2d on packed activations and weights (XNOR-popcount), exact zero padding.
+
+For output position p and output channel o, with the input packed by sign (bit 1 = +1) and the
+weights likewise::
+
+    dot[p, o] = sum over VALID taps t of (C_in - 2 * popcount(a[p + t] XOR w[o, t]))
+              = C_in * taps_valid(p) - 2 * sum_t popcount(a[p + t] XOR w[o, t])
+
+Taps that fall into the zero padding are skipped: in training they multiply a 0, so they add 0,
+never +1 or -1. This equals ``F.conv2d(sign(A), sign(W), padding=p)`` exactly, in integers.
+
+Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL``):
+
+- ``auto`` (default): ``avx512`` when numba is installed and the CPU has AVX-512 VPOPCNTDQ,
+  else ``portable`` when numba is installed, else ``numpy``.
+- ``avx512``: the compiled 8-output-channel kernel; LLVM emits ``vpopcntq zmm`` for it on a CPU
+  with AVX-512 VPOPCNTDQ (checked by :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
+  CPU (LLVM lowers ``ctpop`` to what the CPU has), but selecting it explicitly on a CPU without
+  VPOPCNTDQ is refused so a benchmark never silently measures the wrong thing.
+- ``portable``: compiled, one output channel at a time, popcount by shifts and masks.
+- ``numpy``: :func:`binary_conv2d_numpy`, the reference (no numba needed; slow).
+
+The kernels return NHWC arrays (``(N, OH, OW, C_out)``): the packed model hands them to
+PyTorch as channels_last NCHW tensors without a copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .pack import num_words
+
+__all__ = [
+    "KERNELS",
+    "ENV_VAR",
+    "resolve_kernel",
+    "has_vpopcntdq",
+    "numba_available",
+    "output_size",
+    "PackedConvWeights",
+    "binary_conv2d",
+    "binary_conv2d_numpy",
+    "fast_kernel_asm",
+    "fast_kernel_asm_has_vpopcntq",
+    "set_num_threads",
+]
+
+KERNELS = ("auto", "avx512", "portable", "numpy")
+ENV_VAR = "RECU_DEPLOY_KERNEL"
+
+IntPair = Union[int, Sequence[int]]
+
+
+@functools.lru_cache(maxsize=None)
+def numba_available() -> bool:
+    """True when numba can be imported."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def has_vpopcntdq() -> bool:
+    """True when LLVM (through numba's llvmlite) reports AVX-512 VPOPCNTDQ on this CPU."""
+    if not numba_available():
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512vpopcntdq", False))
+    except RuntimeError:
+        return False
+
+
+def resolve_kernel(impl: Optional[str] = None) -> str:
+    """The concrete kernel path (``avx512``, ``portable`` or ``numpy``) for ``impl``.
+
+    ``impl`` None reads ``RECU_DEPLOY_KERNEL`` (default ``auto``).
+    """
+    choice = (impl if impl is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
+    if choice not in KERNELS:
+        source = "impl" if impl is not None else ENV_VAR
+        raise ValueError(f"{source} must be one of {KERNELS}, got {choice!r}")
+    if choice == "auto":
+        if not numba_available():
+            return "numpy"
+        return "avx512" if has_vpopcntdq() else "portable"
+    if choice in ("avx512", "portable") and not numba_available():
+        raise RuntimeError(f"kernel {choice!r} needs numba; install recu-bnn[deploy] or use 'numpy'")
+    if choice == "avx512" and not has_vpopcntdq():
+        raise RuntimeError("kernel 'avx512' needs a CPU with AVX-512 VPOPCNTDQ; use 'portable' or 'auto'")
+    return choice
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the compiled kernels (numba); PyTorch's count is set separately."""
+    if numba_available():
+        import numba
+
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _pair(v: IntPair, name: str) -> tuple[int, int]:
+    t = (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution (dilation 1)."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"input size {size} with kernel {kernel}, padding {padding} gives no output")
+    return out
+
+
+@dataclass
+class PackedConvWeights:
+    """Sign-packed conv weights: ``bits`` uint64 ``(C_out, KH, KW, ceil(C_in / 64))``, pad bits 0."""
+
+    bits: np.ndarray
+    in_channels: int
+    _blocked: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bits = np.ascontiguousarray(self.bits, dtype=np.uint64)
+        if self.bits.ndim != 4 or self.bits.shape[3] != num_words(self.in_channels):
+            raise ValueError(
+                f"bits must have shape (C_out, KH, KW, {num_words(self.in_channels)}) for "
+                f"{self.in_channels} input channels, got {self.bits.shape}"
+            )
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.bits.shape[0])
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return int(self.bits.shape[1]), int(self.bits.shape[2])
+
+    def blocked(self) -> np.ndarray:
+        """The layout of the ``avx512`` kernel, built once."""
+        if self._blocked is None:
+            from ._numba_kernels import block_weights
+
+            self._blocked = block_weights(self.bits)
+        return self._blocked
+
+
+def binary_conv2d_numpy(a: np.ndarray, weights: PackedConvWeights, stride: IntPair = 1,
+                        padding: IntPair = 0) -> np.ndarray:
+    """Reference XNOR-popcount conv: int32 ``(N, OH, OW, C_out)``. Loops over taps, vectorised over the rest."""
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    n, h, w, cw = a.shape
+    kh_, kw_ = weights.kernel_size
+    oh, ow = output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw)
+    # Zero words + a validity mask stand in for the padding; the mask makes padded taps add 0.
+    ap = np.zeros((n, h + 2 * ph + sh, w + 2 * pw + sw, cw), dtype=np.uint64)
+    ap[:, ph:ph + h, pw:pw + w] = a
+    valid = np.zeros(ap.shape[1:3], dtype=np.int64)
+    valid[ph:ph + h, pw:pw + w] = 1
+    dot = np.zeros((n, oh, ow, weights.out_channels), dtype=np.int64)
+    for i in range(kh_):
+        for j in range(kw_):
+            patch = ap[:, i:i + sh * oh:sh, j:j + sw * ow:sw]                      # (N, OH, OW, CW)
+            m = valid[i:i + sh * oh:sh, j:j + sw * ow:sw][None, :, :, None]        # (1, OH, OW, 1)
+            x = np.bitwise_xor(patch[:, :, :, None, :], weights.bits[None, None, None, :, i, j, :])
+            pc = np.bitwise_count(x).sum(axis=-1, dtype=np.int64)                 # (N, OH, OW, C_out)
+            dot += m * (weights.in_channels - 2 * pc)
+    return dot.astype(np.int32)
+
+
+def binary_conv2d(
+    a: np.ndarray,
+    weights: PackedConvWeights,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    *,
+    impl: Optional[str] = None,
+    scale: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Binary conv2d of packed NHWC activations ``a`` (uint64 ``(N, H, W, ceil(C_in / 64))``).
+
+    Returns int32 dot products ``(N, OH, OW, C_out)``; with ``scale`` and ``bias`` (float32,
+    shape ``(C_out,)``) returns float32 ``scale * dot + bias`` computed in the kernel instead.
+    ``out`` may supply the output array (right shape and dtype, C-contiguous).
+    """
+    a = np.ascontiguousarray(a, dtype=np.uint64)
+    if a.ndim != 4 or a.shape[3] != weights.bits.shape[3]:
+        raise ValueError(
+            f"packed input must be (N, H, W, {weights.bits.shape[3]}) to match the weights, got {a.shape}"
+        )
+    if (scale is None) != (bias is None):
+        raise ValueError("give both scale and bias (the folded affine), or neither")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    kind = resolve_kernel(impl)
+    n, h, w, _ = a.shape
+    kh_, kw_ = weights.kernel_size
+    shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
+    affine = scale is not None
+    if kind == "numpy":
+        dot = binary_conv2d_numpy(a, weights, (sh, sw), (ph, pw))
+        res = (np.float32(1) * dot.astype(np.float32) * scale + bias).astype(np.float32) if affine else dot
+        if out is not None:
+            out[...] = res
+            return out
+        return res
+    from . import _numba_kernels as nk
+
+    if out is None:
+        out = np.empty(shape, dtype=np.float32 if affine else np.int32)
+    elif out.shape != shape or out.dtype != (np.float32 if affine else np.int32) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")
+    dummy_i = np.empty((1, 1, 1, 1), dtype=np.int32)
+    dummy_f = np.empty((1, 1, 1, 1), dtype=np.float32)
+    empty = np.empty(0, dtype=np.float32)
+    out_i, out_f = (dummy_i, out) if affine else (out, dummy_f)
+    sc = np.ascontiguousarray(scale, dtype=np.float32) if affine else empty
+    bi = np.ascontiguousarray(bias, dtype=np.float32) if affine else empty
+    if affine and (sc.shape != (weights.out_channels,) or bi.shape != (weights.out_channels,)):
+        raise ValueError(f"scale and bias must have shape ({weights.out_channels},)")
+    if kind == "avx512":
+        wb = weights.blocked()
+        nk.conv_fast(a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
+                     weights.out_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+    else:
+        nk.conv_portable(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+    return out
+
+
+def fast_kernel_asm() -> str:
+    """Assembly of the ``avx512`` kernel as compiled on this CPU, for inspection.
+
+    numba does not keep assembly for kernels loaded from its cache, so this compiles an uncached
+    twin of the same Python function with the same options (a few seconds).
+    """
+    from numba import njit
+
+    from . import _numba_kernels as nk
+
+    twin = njit(parallel=True, cache=False)(nk.conv_fast.py_func)
+    w = PackedConvWeights(np.zeros((8, 1, 1, 1), dtype=np.uint64), 64)
+    twin(np.zeros(1, np.uint64), w.blocked().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
+         np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.empty(0, np.float32),
+         np.zeros((1, 1, 1, 1), np.float32), False)
+    return "\n".join(twin.inspect_asm().values())
+
+
+def fast_kernel_asm_has_vpopcntq() -> bool:
+    """True when the compiled fast kernel contains a 512-bit ``vpopcntq`` (on a VPOPCNTDQ CPU)."""
+    asm = fast_kernel_asm()
+    return any("vpopcntq" in line and "zmm" in line for line in asm.splitlines())
