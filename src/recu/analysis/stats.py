@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
 from torch import Tensor
+
+from ..functional import laplace_quantile
 
 __all__ = [
     "kurtosis",
@@ -24,6 +28,7 @@ __all__ = [
     "histogram_entropy",
     "magnitude_buckets",
     "filter_std",
+    "weight_statistics",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -160,3 +165,38 @@ def magnitude_buckets(z: Tensor, buckets: int) -> tuple[Tensor, Tensor]:
     first = (torch.arange(buckets + 1, device=z.device) * n + buckets - 1) // buckets
     edges = sorted_z[first.clamp(max=n - 1)]
     return bucket.view_as(z), edges
+
+
+def weight_statistics(w1: Tensor, tau: Optional[float] = None, ks_max_samples: int = 1 << 20) -> dict[str, object]:
+    """The monitor's distribution statistics of one layer's standardised weights W1, as Python numbers.
+
+    ``tau`` (the layer's) gives Q = -b_hat ln(2 - 2 tau) and the clamped share; without it
+    those entries are None. The binary weights are sign(W1) with sign(0) = +1.
+    """
+    w1 = w1.detach()
+    b_hat = w1.abs().mean()
+    ks_lap, ks_gau = ks_statistics(w1, ks_max_samples)
+    ll_lap, ll_gau = log_likelihoods(w1)
+    out: dict[str, object] = {
+        "numel": w1.numel(),
+        "b_hat": float(b_hat),
+        "tau": tau,
+        "q": None,
+        "clamped_share": None,
+        "clamped_share_laplace": None,
+        "kurtosis": float(kurtosis(w1)),
+        "tail_mass_3sigma": float(tail_mass(w1)),
+        "ks_laplace": float(ks_lap),
+        "ks_gaussian": float(ks_gau),
+        "loglik_laplace": float(ll_lap),
+        "loglik_gaussian": float(ll_gau),
+        "better_fit": "laplace" if float(ks_lap) < float(ks_gau) else "gaussian",
+        "binary_entropy_bits": float(binary_entropy_bits(w1 >= 0)) if w1.dim() >= 2 else None,
+        "latent_entropy": float(histogram_entropy(w1)),
+    }
+    if tau is not None:
+        q = laplace_quantile(float(tau), b_hat)
+        out["q"] = float(q) if bool(torch.isfinite(q)) else None
+        out["clamped_share"] = float((w1.abs() > q).double().mean())
+        out["clamped_share_laplace"] = 2.0 * (1.0 - float(tau))
+    return out
