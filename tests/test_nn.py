@@ -487,3 +487,26 @@ def test_padding_mode(mode: str) -> None:
         ReCUConv2d(2, 2, 3, padding=1, padding_mode=mode)
     with pytest.raises(ValueError, match="padding_mode"):
         ReCUConv1d(2, 2, 3, padding=1, padding_mode=mode)
+
+
+# ---------------------------------------------------------------- property: any shape, tau, b*
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c_in=st.integers(1, 4), c_out=st.integers(1, 4), k=st.integers(1, 3), stride=st.integers(1, 2),
+    padding=st.integers(0, 1), tau=st.floats(0.5001, 1.0), b_star=st.floats(0.05, 10.0),
+    training=st.booleans(), seed=st.integers(0, 2 ** 16),
+)
+def test_forward_formula_property(c_in, c_out, k, stride, padding, tau, b_star, training, seed) -> None:
+    if c_in * k * k < 2:
+        return  # one-element filters have no unbiased variance
+    torch.manual_seed(seed)
+    layer = ReCUConv2d(c_in, c_out, k, stride, padding, config=BinaryConfig(b_star=b_star), dtype=D)
+    recu.set_tau(layer, tau)
+    x = torch.randn(2, c_in, 5, 5, dtype=D)
+    y = layer.train(training)(x)
+    assert torch.allclose(y, simple_formula(x, layer.weight, layer.alpha, stride=stride, padding=padding))
+    check_against_reference(layer, x, training)
