@@ -145,8 +145,7 @@ def _check_file(path: Path, expected: Optional[str], spec: CifarSpec) -> None:
         raise FileNotFoundError(f"{spec.title} file {path} is missing{md5_note}. {_how_to_fix(spec)}")
     if expected is None:
         return
-    st = path.stat()
-    got = _md5_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    got = _md5_cached(*_file_key(path))
     if got != expected:
         raise ChecksumError(
             f"{spec.title} file {path} is corrupt or not the original release: md5 {got}, expected {expected}. "
@@ -183,10 +182,16 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="bytes")
 
 
+def _file_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 @functools.lru_cache(maxsize=4)
-def _decode(files: tuple[str, ...], label_key: bytes) -> tuple[Tensor, Tensor]:
+def _decode(files: tuple[tuple[str, int, int], ...], label_key: bytes) -> tuple[Tensor, Tensor]:
+    # keyed by (path, size, mtime): a file replaced in place is decoded again
     images, labels = [], []
-    for f in files:
+    for f, _, _ in files:
         d = _unpickle(Path(f))
         images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(d[label_key], dtype=np.int64))
@@ -233,7 +238,7 @@ def load_cifar(
         folder = download_cifar(base, spec)
     for f in needed:
         _check_file(folder / f, md5.get(f), spec)
-    x, y = _decode(tuple(str((folder / f).resolve()) for f in files), spec.label_key)
+    x, y = _decode(tuple(_file_key(folder / f) for f in files), spec.label_key)
     if y.min() < 0 or y.max() >= spec.num_classes:
         raise ValueError(f"{spec.title} labels in {folder} lie outside [0, {spec.num_classes})")
     return x, y

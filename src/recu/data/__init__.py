@@ -1,0 +1,149 @@
+"""Data sets and loaders: CIFAR-10/100, scikit-learn digits and ImageNet-style folders.
+
+:func:`build_loaders` is the one entry point the training engine uses
+(docs/interfaces.md). Every loader has ``set_epoch(e)``, ``len()`` (steps per epoch),
+``num_samples`` (samples per epoch on this rank) and yields ``(x, y)`` already on the
+device. The training order and augmentation of epoch ``e`` depend only on ``(seed, e)``:
+rank ``r`` of ``world_size`` takes its contiguous slice of each global batch, so a
+2-process run sees exactly the images of a 1-process run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import torch
+from torch import Tensor
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .cifar import CIFAR_SPECS, ChecksumError, load_cifar
+from .loader import InMemoryLoader
+
+__all__ = ["DataBundle", "Loader", "DATASETS", "SUBSET_SEED", "build_loaders", "subset_indices", "ChecksumError"]
+
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet")
+SUBSET_SEED = 0  # the subset is the same for every run seed, so runs on a subset stay comparable
+IMAGENET_ENV = "RECU_IMAGENET_DIR"
+
+Device = Union[str, torch.device]
+
+
+class Loader(Protocol):
+    """What the engine needs from a loader."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def num_samples(self) -> int: ...
+    def __iter__(self): ...  # type: ignore[no-untyped-def]
+
+
+@dataclass
+class DataBundle:
+    """The training and test loaders of a data set, and what a model needs to know about it."""
+
+    train: Loader
+    test: Loader
+    num_classes: int
+    input_size: tuple[int, int, int]
+
+
+def subset_indices(n: int, subset: Optional[int]) -> Optional[Tensor]:
+    """The first ``subset`` indices of a fixed permutation of ``range(n)`` (None: everything)."""
+    if subset is None:
+        return None
+    if not isinstance(subset, int) or not 1 <= subset <= n:
+        raise ValueError(f"subset must be an int in [1, {n}] (the training set size), got {subset!r}")
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n, generator=g)[:subset]
+
+
+def build_loaders(
+    dataset: str,
+    root: Optional[Union[str, "os.PathLike[str]"]],
+    batch_size: int,
+    eval_batch_size: int,
+    device: Device,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    augment: bool = True,
+    download: bool = False,
+    workers: int = 4,
+    subset: Optional[int] = None,
+) -> DataBundle:
+    """Training and test loaders of ``dataset``.
+
+    Args:
+        dataset: ``cifar10``, ``cifar100``, ``digits`` or ``imagenet``.
+        root: data folder. CIFAR: the unpacked folder or its parent (``None``: ``RECU_CIFAR10_DIR`` /
+            ``RECU_CIFAR100_DIR``); ImageNet: the folder holding ``train/`` and ``val/``
+            (``None``: ``RECU_IMAGENET_DIR``); ignored for digits (shipped with scikit-learn).
+        batch_size: the GLOBAL training batch; rank ``r`` gets its ``batch_size / world_size`` slice.
+        eval_batch_size: test batch (the test loader is not sharded).
+        device: where batches are returned (CIFAR and digits also live and are augmented there).
+        seed: run seed; epoch ``e`` is seeded from ``(seed, e)``.
+        rank, world_size: data-parallel position.
+        augment: training augmentation (CIFAR: random crop 32 with padding 4 and flip; digits:
+            random 1-pixel shift; ImageNet: RandomResizedCrop, lighting, flip).
+        download: fetch CIFAR if missing (needs internet).
+        workers: decoding processes (ImageNet only).
+        subset: train on the first ``subset`` images of a fixed permutation of the training set.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    common = dict(seed=seed, rank=rank, world_size=world_size)
+    if dataset in CIFAR_SPECS:
+        spec = CIFAR_SPECS[dataset]
+        x_tr, y_tr = load_cifar(root, dataset, train=True, download=download)
+        x_te, y_te = load_cifar(root, dataset, train=False, download=download)
+        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255)
+        pad, flip, classes, size = 4, True, spec.num_classes, (3, 32, 32)
+    elif dataset == "digits":
+        from .digits import DIGITS_MAX, digits_stats, load_digits
+
+        x_tr, y_tr = load_digits(train=True)
+        x_te, y_te = load_digits(train=False)
+        mean, std = digits_stats()
+        # mirrored digits are other symbols: shift only
+        norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
+        pad, flip, classes, size = 1, False, 10, (1, 8, 8)
+    else:
+        return _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, **common)
+
+    idx = subset_indices(x_tr.shape[0], subset)
+    if idx is not None:
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    train = InMemoryLoader(x_tr, y_tr, batch_size, device, train=True, augment=augment, pad=pad, flip=flip,
+                           **common, **norm)  # type: ignore[arg-type]
+    test = InMemoryLoader(x_te, y_te, eval_batch_size, device, train=False, **norm)  # type: ignore[arg-type]
+    return DataBundle(train, test, classes, size)
+
+
+def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, seed, rank, world_size):  # type: ignore[no-untyped-def]
+    from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
+
+    if root is None:
+        root = os.environ.get(IMAGENET_ENV)
+        if not root:
+            raise FileNotFoundError(
+                f"no ImageNet folder given and {IMAGENET_ENV} is not set: point --data-dir or {IMAGENET_ENV} "
+                f"at the folder holding train/<class>/ and val/<class>/"
+            )
+    root = Path(root).expanduser()
+    train_samples, classes = scan_class_folders(root / "train")
+    val_samples, val_classes = scan_class_folders(root / "val")
+    if val_classes != classes:
+        missing = sorted(set(classes) ^ set(val_classes))[:5]
+        raise ValueError(f"{root}/train and {root}/val hold different class folders (e.g. {missing})")
+    idx = subset_indices(len(train_samples), subset)
+    if idx is not None:
+        train_samples = [train_samples[i] for i in idx.tolist()]
+    train_ds = ImageFolderDataset(train_samples, train=True, augment=augment)
+    test_ds = ImageFolderDataset(val_samples, train=False)
+    train = ImageFolderLoader(train_ds, batch_size, device, seed, rank, world_size, workers)
+    test = ImageFolderLoader(test_ds, eval_batch_size, device, 0, 0, 1, workers)
+    return DataBundle(train, test, len(classes), (3, 224, 224))
