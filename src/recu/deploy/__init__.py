@@ -6,32 +6,25 @@
 - :mod:`recu.deploy.export`: :func:`export` a model to a safetensors + JSON file, 1 bit per binary weight.
 - :mod:`recu.deploy.runtime`: :func:`load` that file into a packed CPU inference model.
 
-Nothing here compiles at import time: numba kernels compile (or load from numba's cache) on first call.
+Importing this package imports neither numba nor safetensors and compiles nothing: the numba
+kernels compile (or load from numba's on-disk cache) on their first call.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Imported eagerly so that the package attribute ``export`` is the function, not the submodule.
+from .export import export
+from .kernels import PackedConvWeights, binary_conv2d, binary_conv2d_numpy, resolve_kernel
+from .runtime import PackedConv2d, PackedModel, load, read_metadata
 
-__all__ = ["export", "load", "PackedConv2d", "pack", "kernels"]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .export import export
-    from .runtime import PackedConv2d, load
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: importing recu.deploy must not import numba, safetensors or torch.fx.
-    if name == "export":
-        from .export import export
-
-        return export
-    if name in ("load", "PackedConv2d"):
-        from . import runtime
-
-        return getattr(runtime, name)
-    if name in ("pack", "kernels"):
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "export",
+    "load",
+    "read_metadata",
+    "PackedConv2d",
+    "PackedModel",
+    "PackedConvWeights",
+    "binary_conv2d",
+    "binary_conv2d_numpy",
+    "resolve_kernel",
+]

@@ -1,0 +1,196 @@
+"""Load a deployment file into a CPU inference model that runs the binary convolutions packed.
+
+The float parts (stem, BatchNorms that could not be folded, hardtanh, pooling, shortcuts, the
+classifier) run in PyTorch; every exported binary convolution is replaced by a
+:class:`PackedConv2d` that packs its float input by sign (+1 at 0) straight from the float
+tensor and runs the XNOR-popcount kernel. Its output is an NHWC buffer handed to PyTorch as a
+channels_last NCHW tensor, and :class:`PackedModel` feeds the network channels_last input, so no
+layout conversion happens between layers.
+
+Loading reads tensors with safetensors and metadata with ``json``: nothing from the file is
+executed. The model skeleton comes from ``recu.models.create`` (the file's model spec) or from
+the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
+from .kernels import PackedConvWeights, binary_conv2d, output_size, resolve_kernel
+from .pack import pack_activations, unpackbits_bytes
+
+__all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata"]
+
+
+class PackedConv2d(nn.Module):
+    """A binary conv2d on packed weights: ``y = scale * (sign(x) (*) w_bits) + bias``, exact zero padding.
+
+    ``scale``/``bias`` hold the layer's alpha and any folded BatchNorm. :meth:`dot` returns the
+    integer dot products themselves.
+    """
+
+    def __init__(self, weights: PackedConvWeights, scale: np.ndarray, bias: np.ndarray,
+                 stride: tuple[int, int], padding: tuple[int, int], impl: Optional[str] = None) -> None:
+        super().__init__()
+        self.weights = weights
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32)
+        self.bias_ = np.ascontiguousarray(bias, dtype=np.float32)
+        self.stride = tuple(stride)
+        self.padding = tuple(padding)
+        self.impl = impl
+        if self.scale.shape != (weights.out_channels,) or self.bias_.shape != (weights.out_channels,):
+            raise ValueError(f"scale and bias must have shape ({weights.out_channels},)")
+
+    @property
+    def in_channels(self) -> int:
+        return self.weights.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.weights.out_channels
+
+    def _packed_input(self, x: Tensor) -> np.ndarray:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PackedConv2d expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise ValueError(f"PackedConv2d runs on the CPU; got an input on {x.device}")
+        return pack_activations(x.detach(), self.impl)
+
+    def dot(self, x: Tensor) -> Tensor:
+        """Integer dot products ``conv2d(sign(x), w_sign)`` with zero padding, int32 NCHW (channels_last)."""
+        out = binary_conv2d(self._packed_input(x), self.weights, self.stride, self.padding, impl=self.impl)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self._packed_input(x)
+        n, h, w, _ = a.shape
+        kh, kw = self.weights.kernel_size
+        shape = (n, output_size(h, kh, self.stride[0], self.padding[0]),
+                 output_size(w, kw, self.stride[1], self.padding[1]), self.out_channels)
+        out = np.empty(shape, dtype=np.float32)
+        binary_conv2d(a, self.weights, self.stride, self.padding, impl=self.impl,
+                      scale=self.scale, bias=self.bias_, out=out)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        kh, kw = self.weights.kernel_size
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size=({kh}, {kw}), stride={self.stride}, "
+                f"padding={self.padding}, impl={resolve_kernel(self.impl)!r}")
+
+
+class PackedModel(nn.Module):
+    """The loaded inference model: ``model(x)`` on a float NCHW CPU tensor returns the logits."""
+
+    def __init__(self, model: nn.Module, metadata: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.metadata = metadata
+
+    def packed_layers(self) -> list[tuple[str, PackedConv2d]]:
+        """(name, layer) of every packed binary convolution, in module order."""
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, PackedConv2d)]
+
+    def set_kernel(self, impl: Optional[str]) -> None:
+        """Select the kernel path of every packed layer (None: ``RECU_DEPLOY_KERNEL`` / auto)."""
+        resolve_kernel(impl)
+        for _, m in self.packed_layers():
+            m.impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.model(x.float().contiguous(memory_format=torch.channels_last))
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The JSON metadata of a deployment file, validated (format name and version)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path} is not a recu deployment file (no {METADATA_KEY!r} metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {meta.get('version')} is not supported (this recu reads "
+                         f"version {FORMAT_VERSION})")
+    return meta
+
+
+def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:
+    if model is not None:
+        return copy.deepcopy(model)
+    spec = meta.get("model_spec")
+    if not spec:
+        raise ValueError("the file has no model spec; pass the model skeleton: load(path, model=...)")
+    try:
+        from .. import models
+    except ImportError as e:
+        raise RuntimeError(f"recu.models is needed to rebuild {spec.get('name')!r} from the file: {e}") from None
+    # The binary config may sit at the top level (docs/interfaces.md) or inside "kwargs"
+    # (what recu.models records); models.create takes either, but not both.
+    kwargs = dict(spec.get("kwargs") or {})
+    config = spec.get("config")
+    if config is not None and "config" in kwargs:
+        config = None
+    return models.create(spec["name"], num_classes=spec.get("num_classes", 10), config=config, kwargs=kwargs)
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    if not hasattr(parent, child):
+        raise ValueError(f"the model skeleton has no layer {name!r} that the file names; wrong skeleton?")
+    setattr(parent, child, new)
+
+
+def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None) -> PackedModel:
+    """Load a deployment file as a packed CPU inference model.
+
+    Args:
+        path: a file written by :func:`recu.deploy.export`.
+        model: the model skeleton (architecture only; its weights are replaced) for models
+            without a ``recu.models`` spec. It is copied, not modified.
+        impl: kernel path (``auto``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
+    """
+    from safetensors import safe_open
+
+    meta = read_metadata(path)
+    if impl is not None:
+        resolve_kernel(impl)
+    net = _skeleton(meta, model)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for layer in meta["binary_layers"]:
+        name = layer["name"]
+        c_in = int(layer["in_channels"])
+        bits = unpackbits_bytes(tensors[f"binary.{name}.bits"].numpy(), c_in)
+        weights = PackedConvWeights(bits, c_in)
+        if weights.out_channels != int(layer["out_channels"]):
+            raise ValueError(f"layer {name}: {weights.out_channels} output channels stored, metadata says "
+                             f"{layer['out_channels']}")
+        packed = PackedConv2d(weights, tensors[f"binary.{name}.scale"].numpy(),
+                              tensors[f"binary.{name}.bias"].numpy(), tuple(layer["stride"]),
+                              tuple(layer["padding"]), impl)
+        old = net.get_submodule(name)
+        if getattr(old, "in_channels", c_in) != c_in or getattr(old, "out_channels", packed.out_channels) != packed.out_channels:
+            raise ValueError(f"layer {name}: the skeleton's {type(old).__name__} has other channel counts than the file")
+        _replace(net, name, packed)
+        if layer.get("folded_bn"):
+            _replace(net, layer["folded_bn"], nn.Identity())
+    state = {k[len("float."):]: v for k, v in tensors.items() if k.startswith("float.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the file does not match the model skeleton: missing {sorted(missing)[:8]}, "
+                         f"unexpected {sorted(unexpected)[:8]}")
+    net.eval()
+    return PackedModel(net, meta)
