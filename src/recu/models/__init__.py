@@ -4,7 +4,7 @@ Build by name with :func:`create`; :func:`available` lists the names. Importing 
 package registers every family.
 """
 
-from . import cifar_resnet, imagenet_resnet, reactnet, vgg  # noqa: F401  (registers the models)
+from . import cifar_resnet, imagenet_resnet, reactnet, tiny, vgg  # noqa: F401  (registers the models)
 from .cifar_resnet import resnet18_1w1a, resnet18_fp, resnet20_1w1a, resnet20_fp
 from .imagenet_resnet import (
     resnet18_1w1a_imagenet,
