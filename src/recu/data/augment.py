@@ -22,6 +22,7 @@ __all__ = [
     "epoch_generator",
     "crop_flip",
     "normalize",
+    "normalize_coefficients",
 ]
 
 # The recipe normalises CIFAR with the ImageNet statistics (method document, section 5).
@@ -77,11 +78,38 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tenso
     return torch.gather(out, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], scale: float = 1.0 / 255) -> Tensor:
-    """float32 ``(x * scale - mean) / std`` per channel, as one fused multiply-add."""
-    c = x.shape[1]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {c} channels")
-    mul = torch.tensor([scale / s for s in std], dtype=torch.float32, device=x.device).view(1, c, 1, 1)
-    add = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=x.device).view(1, c, 1, 1)
+def normalize_coefficients(
+    mean: Sequence[float], std: Sequence[float], scale: float = 1.0 / 255, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """``(mul, add)`` of shape (1, C, 1, 1) with ``(x * scale - mean) / std == x * mul + add``.
+
+    Loaders make them once, so no small host-to-device copy happens per batch.
+    """
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std need one entry per channel and std > 0, got {tuple(mean)}, {tuple(std)}")
+    c = len(std)
+    mul = torch.tensor([scale / s for s in std], dtype=torch.float32, device=device).view(1, c, 1, 1)
+    add = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=device).view(1, c, 1, 1)
+    return mul, add
+
+
+def normalize(
+    x: Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float = 1.0 / 255,
+    coefficients: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """float32 ``(x * scale - mean) / std`` per channel, as one fused multiply-add.
+
+    Pass ``coefficients`` from :func:`normalize_coefficients` instead of ``mean``/``std``
+    to skip rebuilding them.
+    """
+    if coefficients is None:
+        if mean is None or std is None:
+            raise ValueError("normalize needs mean and std, or coefficients")
+        coefficients = normalize_coefficients(mean, std, scale, x.device)
+    mul, add = coefficients
+    if mul.shape[1] != x.shape[1]:
+        raise ValueError(f"mean/std have {mul.shape[1]} entries for {x.shape[1]} channels")
     return torch.addcmul(add, x.to(torch.float32), mul)

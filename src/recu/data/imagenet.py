@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, epoch_generator, normalize
+from .augment import IMAGENET_MEAN, IMAGENET_STD, epoch_generator, normalize, normalize_coefficients
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -284,11 +284,12 @@ class ImageFolderLoader:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        inv_std = torch.tensor([1.0 / s for s in self.std], device=self.device).view(1, 3, 1, 1)
+        coefficients = normalize_coefficients(self.mean, self.std, 1.0 / 255, self.device)
+        inv_std = coefficients[0] * 255.0
         for x, y, light in self.loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.int64, non_blocking=True)
-            out = normalize(x, self.mean, self.std)
+            out = normalize(x, coefficients=coefficients)
             if self.train:
                 # lighting is added to the [0, 1] image, i.e. light / std after normalisation
                 out = out + light.to(self.device, non_blocking=True).view(-1, 3, 1, 1) * inv_std

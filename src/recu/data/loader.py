@@ -12,7 +12,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .augment import crop_flip, epoch_generator, normalize
+from .augment import crop_flip, epoch_generator, normalize, normalize_coefficients
 
 __all__ = ["InMemoryLoader"]
 
@@ -91,6 +91,9 @@ class InMemoryLoader:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.scale = scale
+        self._coefficients = normalize_coefficients(self.mean, self.std, scale, self.device)
+        if self._coefficients[0].shape[1] != images.shape[1]:
+            raise ValueError(f"mean/std have {len(self.mean)} entries for {images.shape[1]} image channels")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,7 +144,7 @@ class InMemoryLoader:
         if not self.train:
             for start in range(0, self.dataset_size, self.batch_size):
                 x = self.images[start:start + self.batch_size]
-                yield normalize(x, self.mean, self.std, self.scale), self.labels[start:start + self.batch_size]
+                yield normalize(x, coefficients=self._coefficients), self.labels[start:start + self.batch_size]
             return
         order, offsets, flips = (t.to(self.device) for t in self.epoch_plan())
         local = self.local_batch_size
@@ -152,7 +155,7 @@ class InMemoryLoader:
             x = self.images.index_select(0, idx)
             if self.augment:
                 x = crop_flip(x, offsets[pos], flips[pos], self.pad)
-            yield normalize(x, self.mean, self.std, self.scale), self.labels.index_select(0, idx)
+            yield normalize(x, coefficients=self._coefficients), self.labels.index_select(0, idx)
 
     def __repr__(self) -> str:
         kind = "train" if self.train else "eval"
