@@ -214,8 +214,8 @@ def load_cifar(
         name: ``"cifar10"`` or ``"cifar100"`` (or a :class:`CifarSpec`).
         train: the training split (50,000 images) or the test split (10,000).
         download: fetch and unpack the official tarball into ``root`` when files are missing.
-        checksums: md5 per file name, replacing the official table (tests, mirrors); a
-            value of ``None`` skips that file's check.
+        checksums: md5 per file name, overriding the official table (tests, mirrors); a
+            value of ``None`` skips that file's check, a name not given keeps the official md5.
 
     Returns:
         ``(images, labels)``: uint8 (N, 3, 32, 32) and int64 (N,). The tensors are shared
@@ -226,7 +226,7 @@ def load_cifar(
         ChecksumError: a file's md5 differs from the original release.
     """
     spec = _spec(name)
-    md5 = dict(spec.md5 if checksums is None else checksums)
+    md5 = {**spec.md5, **(checksums or {})}
     if download and root is None and not os.environ.get(spec.env):
         root = default_download_dir()
     folder = resolve_cifar_dir(root, spec)
@@ -248,7 +248,7 @@ def cifar_classes(root: Optional[PathLike] = None, name: Union[str, CifarSpec] =
                   checksums: Optional[Mapping[str, Optional[str]]] = None) -> list[str]:
     """Class names from the meta file, in label order."""
     spec = _spec(name)
-    md5 = dict(spec.md5 if checksums is None else checksums)
+    md5 = {**spec.md5, **(checksums or {})}
     path = resolve_cifar_dir(root, spec) / spec.meta
     _check_file(path, md5.get(spec.meta), spec)
     return [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(path)[spec.names_key]]
