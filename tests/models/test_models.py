@@ -141,15 +141,25 @@ def test_recu_spec_round_trip(name):
     spec = json.loads(json.dumps(spec))  # what a checkpoint stores must be plain JSON
     assert spec["name"] == name and spec["num_classes"] == 7
     if M.is_binary(name):
-        assert spec["kwargs"]["config"]["clamp"] == "none"
+        assert spec["config"]["clamp"] == "none" and "config" not in spec["kwargs"]
     else:
-        assert "config" not in spec["kwargs"]
+        assert "config" not in spec and "config" not in spec["kwargs"]
+    assert spec["kwargs"] == kwargs
     rebuilt = M.create(**spec)
     assert list(rebuilt.state_dict()) == list(model.state_dict())
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.recu_spec == spec
     assert [m.config for _, m in binary_layers(rebuilt)] == [m.config for _, m in binary_layers(model)]
     assert list(M.from_spec(spec).state_dict()) == list(model.state_dict())
+    # the engine's reading: config from the top level, model options from kwargs
+    config = spec.get("config")
+    again = M.create(spec["name"], num_classes=spec["num_classes"],
+                     config=BinaryConfig(**config) if config else None, **spec["kwargs"])
+    assert again.recu_spec == spec
+    # a config nested inside kwargs is accepted as well
+    if config:
+        nested = M.create(name, 7, kwargs={**spec["kwargs"], "config": config})
+        assert nested.recu_spec == spec
 
 
 def test_config_reaches_every_binary_layer():

@@ -1,9 +1,11 @@
 """Model registry: build any architecture by name and remember how it was built.
 
 Every builder registered here is wrapped so that the model it returns carries
-``model.recu_spec = {"name", "num_classes", "kwargs"}`` (docs/interfaces.md); a
-checkpoint or a 1-bit export stores that dict and :func:`create` rebuilds the model
-from it with ``create(**spec)``.
+``model.recu_spec = {"name", "num_classes", "kwargs", "config"}`` (docs/interfaces.md):
+``config`` is ``dataclasses.asdict`` of the binary config, at the top level next to
+``kwargs`` and present only for models with binary layers. A checkpoint or a 1-bit
+export stores that dict and ``create(**spec)`` rebuilds the model (a ``config`` found
+inside ``kwargs`` is accepted too).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def register(name: Optional[str] = None, *, binary: bool = True) -> Callable[[F]
         name: registry name; the function's name when omitted.
         binary: the model has binary layers and uses ``config``. A full-precision model
             accepts ``config`` (so callers can pass one uniformly) but ignores it, and its
-            spec does not record it.
+            spec has no ``config`` entry.
 
     The returned function builds the model and attaches ``recu_spec``, whether it is
     called directly or through :func:`create`; called directly, ``num_classes`` defaults
@@ -65,14 +67,14 @@ def register(name: Optional[str] = None, *, binary: bool = True) -> Callable[[F]
             if not isinstance(num_classes, int) or num_classes < 1:
                 raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
             cfg = _as_config(config)
+            spec: dict[str, Any] = {"name": key, "num_classes": num_classes, "kwargs": dict(kwargs)}
             if binary:
                 cfg = cfg or BinaryConfig()
                 model = fn(num_classes=num_classes, config=cfg, **kwargs)
-                spec_kwargs = {**kwargs, "config": dataclasses.asdict(cfg)}
+                spec["config"] = dataclasses.asdict(cfg)
             else:
                 model = fn(num_classes=num_classes, **kwargs)
-                spec_kwargs = dict(kwargs)
-            model.recu_spec = {"name": key, "num_classes": num_classes, "kwargs": spec_kwargs}
+            model.recu_spec = spec
             return model
 
         _REGISTRY[key] = (build, binary)
@@ -138,4 +140,4 @@ def from_spec(spec: Mapping[str, Any]) -> nn.Module:
     missing = {"name", "num_classes"} - set(spec)
     if missing:
         raise ValueError(f"model spec lacks {sorted(missing)}; got keys {sorted(spec)}")
-    return create(spec["name"], spec["num_classes"], kwargs=dict(spec.get("kwargs") or {}))
+    return create(spec["name"], spec["num_classes"], spec.get("config"), kwargs=dict(spec.get("kwargs") or {}))
