@@ -109,7 +109,7 @@ def test_summary_markdown(report: tuple) -> None:
     _, out, results, _ = report
     md = (out / "summary.md").read_text()
     assert md.startswith("# ReCU run report")
-    assert "- model: tiny" in md and "final test top-1: 55.00% (epoch 5)" in md
+    assert "- model: tiny" in md and "final test top-1: 55.00% (epoch index 5)" in md
     assert f"{100 * results[-1]['total']['flip_ratio']:.1f}% of {results[-1]['total']['numel']:,}" in md
     for name in results[-1]["layers"]:
         assert f"| `{name}` |" in md

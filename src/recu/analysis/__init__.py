@@ -7,7 +7,9 @@ and 4) and ``report`` (``recu analyze``). Importing this package needs neither
 matplotlib nor scipy; the plotting functions import matplotlib when called.
 """
 
+from .figures import make_figures
 from .monitor import DeadWeightMonitor
+from .report import analyze
 from .theory import (
     clamped_share,
     entropy,
@@ -24,6 +26,8 @@ from .theory import (
 
 __all__ = [
     "DeadWeightMonitor",
+    "analyze",
+    "make_figures",
     "laplace_quantile",
     "laplace_alpha",
     "quantization_error",

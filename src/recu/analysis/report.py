@@ -144,7 +144,7 @@ def _pooled_table(snapshots: dict[str, dict[str, Any]]) -> str:
                    "entropy of W1/sd (nats)"], rows)
 
 
-_READING = """Reading the numbers: flips are counted between consecutive epoch ends (a weight that flips and
+_READING = """Reading the numbers: epochs are the 0-based indices of metrics.jsonl. Flips are counted between consecutive epoch ends (a weight that flips and
 flips back within one epoch is not seen). Buckets are equal-count buckets of |W1|/sigma (sigma = the
 filter's std) at the previous epoch, bucket 1 the smallest magnitudes. Kurtosis is 3 for a Gaussian and 6
 for a Laplace; tail mass beyond 3 sd is 0.27% (Gaussian) or 1.44% (Laplace). The entropy of W1/sd is
@@ -160,8 +160,9 @@ def _run_markdown(run: RunData, numbers: dict[str, Any], figures: list[str]) -> 
             facts.append((key, str(cfg[key])))
     tr = numbers["training"]
     if "final_top1" in tr:
-        facts.append(("final test top-1", f"{tr['final_top1']:.2f}% (epoch {tr['final_epoch']})"))
-        facts.append(("best test top-1", f"{tr['best_top1']:.2f}% (epoch {tr['best_epoch']}; selected on the test set)"))
+        facts.append(("final test top-1", f"{tr['final_top1']:.2f}% (epoch index {tr['final_epoch']})"))
+        facts.append(("best test top-1",
+                      f"{tr['best_top1']:.2f}% (epoch index {tr['best_epoch']}; picked on the test set, so optimistic)"))
     md += [f"- {k}: {v}" for k, v in facts] + [""]
 
     mon = numbers.get("monitor_final")
