@@ -33,7 +33,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_available_lists_every_family_and_twin():
-    assert sorted(M.available()) == sorted([*ALL_BINARY, *FP_TWIN.values()])
+    assert set(M.available()) >= {*ALL_BINARY, *FP_TWIN.values()}
+    assert M.available() == sorted(M.available())
 
 
 def test_resnet20_parameter_count_by_hand():
@@ -106,6 +107,15 @@ def test_imagenet_forward_backward(name):
     out.sum().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_in_channels_option():
+    model = M.create("resnet20_1w1a", in_channels=1)
+    assert model.conv1.in_channels == 1 and model.recu_spec["kwargs"] == {"in_channels": 1}
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)  # e.g. the 8x8 digits
+    assert M.create("reactnet_resnet18_fp", in_channels=4).conv1.in_channels == 4
+    assert M.create("vgg_small_fp", in_channels=1).conv0.in_channels == 1
+    assert M.create("resnet34_1w1a_imagenet", in_channels=2).conv1.in_channels == 2
 
 
 def test_builders_called_directly_keep_their_default_classes():

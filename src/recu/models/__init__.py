@@ -1,7 +1,8 @@
 """Model zoo: the architectures of the ReCU paper, binary (``_1w1a``) and full precision (``_fp``).
 
 Build by name with :func:`create`; :func:`available` lists the names. Importing this
-package registers every family.
+package registers every family, including the small quick-start networks of ``tiny``
+(``digits_cnn_1w1a``, ``mlp_1w1a`` and their ``_fp`` twins).
 """
 
 from . import cifar_resnet, imagenet_resnet, reactnet, tiny, vgg  # noqa: F401  (registers the models)

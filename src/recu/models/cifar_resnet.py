@@ -87,10 +87,10 @@ class CifarResNet20(_CifarResNet):
         config: binary layer config; ``None`` builds the full-precision twin.
     """
 
-    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None) -> None:
+    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> None:
         super().__init__()
         conv = conv_factory(config)
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.stem_act = nn.Hardtanh()
         self.layers = _stages(DoubleSkipBlock, conv, [16, 32, 64], [3, 3, 3], 16)
@@ -107,10 +107,10 @@ class CifarResNet18(_CifarResNet):
     Convolutions get Kaiming-normal init as in ResNet-20 (the document fixes no init here).
     """
 
-    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None) -> None:
+    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> None:
         super().__init__()
         conv = conv_factory(config)
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.stem_act = nn.Identity()
         self.layers = _stages(SingleSkipBlock, conv, [64, 128, 256, 512], [2, 2, 2, 2], 64)
@@ -121,24 +121,24 @@ class CifarResNet18(_CifarResNet):
 
 
 @register()
-def resnet20_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None) -> nn.Module:
+def resnet20_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> nn.Module:
     """ResNet-20 with 18 binary convolutions (about 0.27M parameters)."""
-    return CifarResNet20(num_classes, config or BinaryConfig())
+    return CifarResNet20(num_classes, config or BinaryConfig(), in_channels)
 
 
 @register(binary=False)
-def resnet20_fp(num_classes: int = 10) -> nn.Module:
+def resnet20_fp(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Full-precision ResNet-20 (same architecture, ``nn.Conv2d``, hardtanh kept)."""
-    return CifarResNet20(num_classes, None)
+    return CifarResNet20(num_classes, None, in_channels)
 
 
 @register()
-def resnet18_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None) -> nn.Module:
+def resnet18_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> nn.Module:
     """The authors' CIFAR ResNet-18 with 16 binary convolutions."""
-    return CifarResNet18(num_classes, config or BinaryConfig())
+    return CifarResNet18(num_classes, config or BinaryConfig(), in_channels)
 
 
 @register(binary=False)
-def resnet18_fp(num_classes: int = 10) -> nn.Module:
+def resnet18_fp(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Full-precision twin of :func:`resnet18_1w1a`."""
-    return CifarResNet18(num_classes, None)
+    return CifarResNet18(num_classes, None, in_channels)

@@ -52,10 +52,12 @@ class ImageNetResNet(nn.Module):
         config: binary layer config; ``None`` builds the full-precision twin.
     """
 
-    def __init__(self, depths: list[int], num_classes: int = 1000, config: Optional[BinaryConfig] = None) -> None:
+    def __init__(
+        self, depths: list[int], num_classes: int = 1000, config: Optional[BinaryConfig] = None, in_channels: int = 3
+    ) -> None:
         super().__init__()
         conv = conv_factory(config)
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.act1 = nn.Hardtanh()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -80,24 +82,24 @@ class ImageNetResNet(nn.Module):
 
 
 @register()
-def resnet18_1w1a_imagenet(num_classes: int = 1000, config: Optional[BinaryConfig] = None) -> nn.Module:
+def resnet18_1w1a_imagenet(num_classes: int = 1000, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> nn.Module:
     """ImageNet ResNet-18 with 16 binary convolutions."""
-    return ImageNetResNet([2, 2, 2, 2], num_classes, config or BinaryConfig())
+    return ImageNetResNet([2, 2, 2, 2], num_classes, config or BinaryConfig(), in_channels)
 
 
 @register()
-def resnet34_1w1a_imagenet(num_classes: int = 1000, config: Optional[BinaryConfig] = None) -> nn.Module:
+def resnet34_1w1a_imagenet(num_classes: int = 1000, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> nn.Module:
     """ImageNet ResNet-34 with 32 binary convolutions."""
-    return ImageNetResNet([3, 4, 6, 3], num_classes, config or BinaryConfig())
+    return ImageNetResNet([3, 4, 6, 3], num_classes, config or BinaryConfig(), in_channels)
 
 
 @register(binary=False)
-def resnet18_fp_imagenet(num_classes: int = 1000) -> nn.Module:
+def resnet18_fp_imagenet(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """Full-precision twin of :func:`resnet18_1w1a_imagenet`."""
-    return ImageNetResNet([2, 2, 2, 2], num_classes, None)
+    return ImageNetResNet([2, 2, 2, 2], num_classes, None, in_channels)
 
 
 @register(binary=False)
-def resnet34_fp_imagenet(num_classes: int = 1000) -> nn.Module:
+def resnet34_fp_imagenet(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """Full-precision twin of :func:`resnet34_1w1a_imagenet` (the two-stage recipe's teacher)."""
-    return ImageNetResNet([3, 4, 6, 3], num_classes, None)
+    return ImageNetResNet([3, 4, 6, 3], num_classes, None, in_channels)

@@ -64,10 +64,10 @@ class ReActBlock(nn.Module):
 class ReActResNet18(nn.Module):
     """The two-stage ResNet-18; ``config=None`` builds the full-precision twin."""
 
-    def __init__(self, num_classes: int = 1000, config: Optional[BinaryConfig] = None) -> None:
+    def __init__(self, num_classes: int = 1000, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> None:
         super().__init__()
         conv = conv_factory(config)
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], 64
@@ -98,12 +98,14 @@ def stage_config(config: BinaryConfig, stage: int) -> BinaryConfig:
 
 
 @register()
-def reactnet_resnet18(num_classes: int = 1000, config: Optional[BinaryConfig] = None, stage: int = 2) -> nn.Module:
+def reactnet_resnet18(
+    num_classes: int = 1000, config: Optional[BinaryConfig] = None, stage: int = 2, in_channels: int = 3
+) -> nn.Module:
     """Two-stage ResNet-18 with 16 binary convolutions; ``stage=1`` keeps their weights real."""
-    return ReActResNet18(num_classes, stage_config(config or BinaryConfig(), stage))
+    return ReActResNet18(num_classes, stage_config(config or BinaryConfig(), stage), in_channels)
 
 
 @register(binary=False)
-def reactnet_resnet18_fp(num_classes: int = 1000) -> nn.Module:
+def reactnet_resnet18_fp(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """Full-precision twin of :func:`reactnet_resnet18`."""
-    return ReActResNet18(num_classes, None)
+    return ReActResNet18(num_classes, None, in_channels)

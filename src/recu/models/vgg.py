@@ -26,10 +26,10 @@ class VGGSmall(nn.Module):
         config: binary layer config; ``None`` builds the full-precision twin.
     """
 
-    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None) -> None:
+    def __init__(self, num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> None:
         super().__init__()
         conv = conv_factory(config)
-        self.conv0 = nn.Conv2d(3, 128, 3, 1, 1, bias=False)
+        self.conv0 = nn.Conv2d(in_channels, 128, 3, 1, 1, bias=False)
         self.bn0 = nn.BatchNorm2d(128)
         self.act0 = nn.Hardtanh()
         plan = [(128, 128, True), (128, 256, False), (256, 256, True), (256, 512, False), (512, 512, True)]
@@ -66,12 +66,12 @@ class VGGSmall(nn.Module):
 
 
 @register()
-def vgg_small_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None) -> nn.Module:
+def vgg_small_1w1a(num_classes: int = 10, config: Optional[BinaryConfig] = None, in_channels: int = 3) -> nn.Module:
     """VGG-Small with 5 binary convolutions."""
-    return VGGSmall(num_classes, config or BinaryConfig())
+    return VGGSmall(num_classes, config or BinaryConfig(), in_channels)
 
 
 @register(binary=False)
-def vgg_small_fp(num_classes: int = 10) -> nn.Module:
+def vgg_small_fp(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Full-precision VGG-Small (hardtanh kept)."""
-    return VGGSmall(num_classes, None)
+    return VGGSmall(num_classes, None, in_channels)
