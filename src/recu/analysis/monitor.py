@@ -12,6 +12,27 @@ within one epoch is not seen.
 Implements the Callback contract of ``docs/interfaces.md``. Everything runs in
 vectorised torch on the model's device under ``torch.no_grad``; the numbers of all
 layers are read back to the host in one transfer per epoch.
+
+``on_epoch_end`` returns ``{"dead_weight": R}`` (one key, because the engine merges the
+dicts of all callbacks), R being::
+
+    {"kind": "recu.dead_weight", "version": 1, "epoch": e, "start_epoch": -1, "buckets": B,
+     "layers": {name: {
+         "numel", "tau", "b_hat" (mean |W1|), "q" (Q; mean over filters for a per-channel b_hat;
+         None for tau = 1), "flips", "flip_ratio" (since the previous epoch end),
+         "never_flipped": {"start": share, "<k>": share or None before epoch k ends},
+         "clamped_share" (|W1| > Q at the layer's tau, also for clamp="none": what ReCU would clamp),
+         "clamped_share_laplace" (2 (1 - tau)),
+         "bucket_edges" (B + 1 values of |W1|/sigma of the previous epoch bounding the buckets),
+         "bucket_flips" (B ints), "bucket_flip_ratio" (B floats),
+         "kurtosis", "tail_mass_3sigma", "ks_laplace", "ks_gaussian", "loglik_laplace",
+         "loglik_gaussian", "binary_entropy_bits", "latent_entropy"}},
+     "total": {"numel", "flips", "flip_ratio", "never_flipped": {...}, "clamped_share",
+               "bucket_flip_ratio"}}
+
+Snapshots: ``run_dir/weights/epoch_XXXX.pt`` with XXXX the number of finished epochs
+(0000 = initial weights), each ``{"epoch": index or -1, "stages": ["init" | "middle" |
+"end" | "extra"], "weights": {name: W1 float32}, "tau": {name: float}}``.
 """
 
 from __future__ import annotations
