@@ -130,6 +130,13 @@ def test_run_without_monitor_records(tmp_path: Path) -> None:
     out = analyze(tmp_path, tmp_path / "r")
     assert "No DeadWeightMonitor records" in (out / "summary.md").read_text()
     assert json.loads((out / "numbers.json").read_text())["figures"] == ["training.png"]
+    # with a last.pt but no snapshots, the final weights come from the checkpoint
+    model = tiny_model()
+    torch.save({"model": model.state_dict(), "epoch": 0}, tmp_path / "last.pt")
+    numbers = json.loads((analyze(tmp_path, tmp_path / "r2") / "numbers.json").read_text())
+    assert list(numbers["snapshots"]) == ["last.pt"] and numbers["snapshots"]["last.pt"]["epoch"] == 0
+    assert set(numbers["snapshots"]["last.pt"]["layers"]) == {"1", "2", "3"}
+    assert "weights_hist.png" in numbers["figures"]
 
 
 def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:

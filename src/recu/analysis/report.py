@@ -214,6 +214,11 @@ def _write(out: Path, numbers: dict[str, Any], markdown: str) -> None:
 
 
 def _stage_weights(run: RunData) -> dict[str, dict[str, Tensor]]:
+    if not run.snapshots and (run.run_dir / "last.pt").is_file():
+        # no monitor snapshots (monitor off): the last checkpoint still shows the final weights
+        weights, taus, ckpt = load_checkpoint_weights(run.run_dir / "last.pt")
+        run.snapshots["last.pt"] = {"weights": weights, "tau": taus, "file": "last.pt",
+                                    "epoch": ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None}
     order = [s for s in _STAGE_ORDER if s in run.snapshots] + [s for s in run.snapshots if s not in _STAGE_ORDER]
     return {s: run.snapshots[s]["weights"] for s in order}
 
