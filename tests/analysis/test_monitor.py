@@ -225,3 +225,23 @@ def test_wrapper_prefixes_are_stripped_and_no_graph_is_built() -> None:
     out = mon.on_epoch_end(model, 0)
     assert list(out[RESULT_KEY]["layers"]) == ["0", "2", "3"]
     assert all(not t.requires_grad for st in mon.state_dict()["layers"].values() for t in (st["sign"], st["bucket"]))
+
+
+@pytest.mark.parametrize("config", [recu.BinaryConfig(), recu.BinaryConfig(clamp="mask"),
+                                    recu.BinaryConfig(scale_estimate="channel", b_star=0.5),
+                                    recu.BinaryConfig(center=False, standardize=False, clamp="none")])
+def test_monitored_signs_are_the_layers_binary_weights(config: recu.BinaryConfig) -> None:
+    model = nn.Sequential(recu.ReCUConv2d(4, 8, 3, config=config), recu.ReCULinear(8, 4, config=config))
+    recu.set_tau(model, 0.8)
+    mon = DeadWeightMonitor(buckets=4)
+    mon.on_train_begin(model, None, epochs=2)
+    _step(model, torch.Generator().manual_seed(5))
+    out = mon.on_epoch_end(model, 0)[RESULT_KEY]
+    for name, layer in recu.binary_layers(model):
+        binary = layer.binary_weight().detach()
+        assert set(binary.unique().tolist()) <= {-1.0, 1.0}
+        assert torch.equal(mon.state_dict()["layers"][name]["sign"], binary > 0)
+        w1 = layer.standardized_weight().detach()
+        q = layer.quantile(w1)
+        assert out["layers"][name]["q"] == pytest.approx(float(q.mean()), rel=1e-6)
+        assert out["layers"][name]["clamped_share"] == pytest.approx(float((w1.abs() > q).double().mean()))
