@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
-from .kernels import PackedConvWeights, binary_conv2d, output_size, resolve_kernel
+from .kernels import PackedConvWeights, binary_conv2d, output_size, resolve_kernel, set_num_threads
 from .pack import pack_activations, unpackbits_bytes
 
 __all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata"]
@@ -87,12 +87,19 @@ class PackedConv2d(nn.Module):
 
 
 class PackedModel(nn.Module):
-    """The loaded inference model: ``model(x)`` on a float NCHW CPU tensor returns the logits."""
+    """The loaded inference model: ``model(x)`` on a float NCHW CPU tensor returns the logits.
 
-    def __init__(self, model: nn.Module, metadata: dict) -> None:
+    The kernels use as many threads as PyTorch (``torch.get_num_threads()`` at call time) unless
+    ``num_threads`` is set: one thread count for the whole model keeps numba's and PyTorch's
+    OpenMP workers from spinning against each other, which on a busy 2-core machine cost ~30 ms
+    per layer when numba kept its default of one thread per core next to a 1-thread PyTorch.
+    """
+
+    def __init__(self, model: nn.Module, metadata: dict, num_threads: Optional[int] = None) -> None:
         super().__init__()
         self.model = model
         self.metadata = metadata
+        self.num_threads = num_threads
 
     def packed_layers(self) -> list[tuple[str, PackedConv2d]]:
         """(name, layer) of every packed binary convolution, in module order."""
@@ -105,6 +112,7 @@ class PackedModel(nn.Module):
             m.impl = impl
 
     def forward(self, x: Tensor) -> Tensor:
+        set_num_threads(self.num_threads or torch.get_num_threads())
         with torch.inference_mode():
             return self.model(x.float().contiguous(memory_format=torch.channels_last))
 
@@ -153,7 +161,8 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None) -> PackedModel:
+def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None,
+         num_threads: Optional[int] = None) -> PackedModel:
     """Load a deployment file as a packed CPU inference model.
 
     Args:
@@ -161,6 +170,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
         model: the model skeleton (architecture only; its weights are replaced) for models
             without a ``recu.models`` spec. It is copied, not modified.
         impl: kernel path (``auto``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
+        num_threads: kernel threads; None follows ``torch.get_num_threads()`` at each call.
     """
     from safetensors import safe_open
 
@@ -193,4 +203,4 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
         raise ValueError(f"the file does not match the model skeleton: missing {sorted(missing)[:8]}, "
                          f"unexpected {sorted(unexpected)[:8]}")
     net.eval()
-    return PackedModel(net, meta)
+    return PackedModel(net, meta, num_threads)

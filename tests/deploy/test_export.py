@@ -1,0 +1,165 @@
+"""Export -> load on the project's networks: exact binary layers, matching logits, 1-bit file size."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recu import ReCUConv2d, binary_layers
+from recu import functional as RF
+from recu import models
+from recu.deploy import PackedConv2d, export, load, read_metadata
+from recu.deploy.kernels import has_vpopcntdq, numba_available
+
+IMPLS = (["avx512"] if has_vpopcntdq() else []) + (["portable"] if numba_available() else ["numpy"])
+
+
+def randomize(model: nn.Module) -> nn.Module:
+    """Random BatchNorm statistics and affines (so folding is really tested), eval mode."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.randn(c, generator=g) * 0.5 + 1.0)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+            if isinstance(m, ReCUConv2d) and m.alpha is not None:
+                m.alpha.copy_(torch.rand(m.alpha.shape, generator=g) + 0.1)
+    return model.eval()
+
+
+def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each binary layer of the float model sees."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+             for name, m in binary_layers(model)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+NETS = [("resnet20_1w1a", 32, 18), ("resnet18_1w1a", 32, 16), ("resnet18_1w1a_imagenet", 64, 16)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,size,n_binary", NETS)
+def test_network_exact(tmp_path: Path, name: str, size: int, n_binary: int, impl: str) -> None:
+    model = randomize(models.create(name, num_classes=10))
+    path = tmp_path / f"{name}.recu"
+    meta = export(model, path)
+    assert len(meta["binary_layers"]) == n_binary
+    assert len(meta["folded_bn"]) == n_binary  # every binary conv feeds its own BN in these nets
+    packed = load(path, impl=impl)
+    assert len(packed.packed_layers()) == n_binary
+
+    x = torch.randn(2, 3, size, size)
+    # Integer outputs of every packed layer == F.conv2d(sign(A), sign(W - mean W)) on the same input.
+    inputs = layer_inputs(model, x)
+    layers = dict(binary_layers(model))
+    for lname, p in packed.packed_layers():
+        ref = layers[lname]
+        a = inputs[lname]
+        with torch.no_grad():
+            want = F.conv2d(RF.sign(a), RF.sign(RF.center_filters(ref.weight)), stride=ref.stride, padding=ref.padding)
+        got = p.dot(a)
+        assert got.dtype == torch.int32
+        assert torch.equal(got, want.round().to(torch.int32)), lname
+
+    with torch.no_grad():
+        want = model(x)
+    got = packed(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_resnet18_file_is_20x_smaller(tmp_path: Path) -> None:
+    model = models.create("resnet18_1w1a", num_classes=10)
+    float_path = tmp_path / "float.pt"
+    torch.save({k: v.float() for k, v in model.state_dict().items()}, float_path)
+    path = tmp_path / "r18.recu"
+    export(model, path)
+    ratio = os.path.getsize(float_path) / os.path.getsize(path)
+    assert ratio >= 20, f"only {ratio:.1f}x smaller"
+
+
+def test_custom_model_without_spec_and_untraceable(tmp_path: Path) -> None:
+    class Net(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 70, 3, padding=1)
+            self.conv = ReCUConv2d(70, 33, 3, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(33)
+            self.fc = nn.Linear(33, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            if x.sum() > 1e9:
+                x = x * 2
+            return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+    model = randomize(Net())
+    path = tmp_path / "net.recu"
+    with pytest.warns(RuntimeWarning, match="not folded"):
+        meta = export(model, path)
+    assert meta["model_spec"] is None and meta["folded_bn"] == {}
+    with pytest.raises(ValueError, match="model spec"):
+        load(path)
+    packed = load(path, model=Net())
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unpackable_layers_stay_float(tmp_path: Path) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        ReCUConv2d(8, 8, 3, padding=1, groups=2),  # grouped: runs in PyTorch
+        nn.BatchNorm2d(8),
+        ReCUConv2d(8, 8, 3, padding=1),
+    )
+    randomize(model)
+    path = tmp_path / "m.recu"
+    meta = export(model, path)
+    assert [l["name"] for l in meta["binary_layers"]] == ["3"]
+    assert "1" in meta["float_layers"]
+    packed = load(path, model=model)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), model(x), rtol=1e-4, atol=1e-5)
+    assert isinstance(packed.model[3], PackedConv2d) and isinstance(packed.model[1], ReCUConv2d)
+
+
+def test_file_is_safetensors_with_versioned_metadata(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    model = models.create("resnet20_1w1a")
+    path = tmp_path / "r20.recu"
+    export(model, path)
+    meta = read_metadata(path)
+    assert meta["format"] == "recu-deploy" and meta["version"] == 1
+    assert meta["model_spec"]["name"] == "resnet20_1w1a"
+    with safe_open(str(path), framework="pt") as f:
+        bits = f.get_tensor("binary.layers.0.0.conv1.bits")
+    assert bits.dtype == torch.uint8 and tuple(bits.shape) == (16, 3, 3, 2)
+    # A file with a newer version is refused with a clear message.
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.recu"
+    save_file({"x": torch.zeros(1)}, str(bad), metadata={"recu_deploy": json.dumps({**meta, "version": 99})})
+    with pytest.raises(ValueError, match="version 99"):
+        load(bad)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    with pytest.raises(ValueError, match="not a recu deployment file"):
+        load(plain)

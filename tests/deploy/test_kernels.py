@@ -1,0 +1,133 @@
+"""XNOR-popcount conv2d: every kernel path == NumPy reference == F.conv2d on +-1 tensors, in integers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recu import functional as RF
+from recu.deploy import kernels as K
+from recu.deploy import pack as P
+
+COMPILED = []
+if K.numba_available():
+    COMPILED.append("portable")
+    if K.has_vpopcntdq():
+        COMPILED.append("avx512")
+PATHS = COMPILED + ["numpy"]
+
+
+def torch_dot(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> np.ndarray:
+    """The training-time simulation: conv of the signs with zero padding (exact in float32 here)."""
+    y = F.conv2d(RF.sign(x), RF.sign(w), stride=stride, padding=padding)
+    return y.round().to(torch.int32).permute(0, 2, 3, 1).numpy()
+
+
+def run(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, impl: str) -> np.ndarray:
+    weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), w.shape[1])
+    return K.binary_conv2d(P.pack_activations(x, impl), weights, stride, padding, impl=impl)
+
+
+CASES = [  # (C_in, C_out, k, stride, padding, H, W)
+    (1, 3, 3, 1, 1, 5, 6),
+    (3, 8, 3, 2, 1, 9, 7),
+    (63, 9, 1, 1, 0, 4, 4),
+    (64, 16, 3, 1, 1, 8, 8),
+    (65, 17, 5, 2, 2, 11, 9),
+    (130, 8, 3, 1, 2, 6, 5),
+    (16, 12, 5, 1, 2, 3, 3),   # kernel larger than the input: padding-only taps everywhere
+    (32, 24, 3, 2, 0, 10, 13),
+]
+
+
+@pytest.mark.parametrize("impl", PATHS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_exact(impl: str, case: tuple) -> None:
+    c, o, k, s, p, h, w_ = case
+    x = torch.randn(2, c, h, w_)
+    x[:, :, 0, :] = 0.0  # zeros (+1) on a padded border row
+    w = torch.randn(o, c, k, k)
+    got = run(x, w, s, p, impl)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, torch_dot(x, w, s, p))
+
+
+@pytest.mark.parametrize("impl", PATHS)
+def test_channels_last_input_and_border_values(impl: str) -> None:
+    # All +1 input and all +1 weights: each output counts its valid taps times C, so the border
+    # values show directly that padded taps add 0 (not +1 or -1).
+    x = torch.ones(1, 70, 4, 5).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(9, 70, 3, 3)
+    got = run(x, w, 1, 1, impl)[0, :, :, 0]
+    taps = np.array([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]]) * 70
+    assert np.array_equal(got, taps)
+
+
+@pytest.mark.parametrize("impl", PATHS)
+def test_affine_output(impl: str) -> None:
+    x, w = torch.randn(2, 40, 6, 6), torch.randn(10, 40, 3, 3)
+    weights = K.PackedConvWeights(P.pack_weights(w), 40)
+    a = P.pack_activations(x, impl)
+    scale = np.random.default_rng(0).normal(size=10).astype(np.float32)
+    bias = np.random.default_rng(1).normal(size=10).astype(np.float32)
+    dot = K.binary_conv2d(a, weights, 2, 1, impl=impl)
+    y = K.binary_conv2d(a, weights, 2, 1, impl=impl, scale=scale, bias=bias)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, dot * scale + bias, rtol=1e-6, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c=st.sampled_from([1, 3, 17, 63, 64, 65, 130]),
+    o=st.integers(1, 20),
+    k=st.sampled_from([1, 3, 5]),
+    s=st.sampled_from([1, 2]),
+    p=st.sampled_from([0, 1, 2]),
+    h=st.integers(1, 9),
+    w_=st.integers(1, 9),
+    n=st.integers(1, 2),
+    impl=st.sampled_from(PATHS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kernel_property(c: int, o: int, k: int, s: int, p: int, h: int, w_: int, n: int, impl: str,
+                         seed: int) -> None:
+    if h + 2 * p < k or w_ + 2 * p < k:
+        return  # no output position
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w_, generator=g)
+    x[x.abs() < 0.1] = 0.0  # exercise sign(0) = +1
+    w = torch.randn(o, c, k, k, generator=g)
+    want = torch_dot(x, w, s, p)
+    assert np.array_equal(run(x, w, s, p, impl), want)
+    if impl != "numpy":
+        assert np.array_equal(run(x, w, s, p, "numpy"), want)
+
+
+def test_resolve_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(K.ENV_VAR, "numpy")
+    assert K.resolve_kernel() == "numpy"
+    assert K.resolve_kernel("auto") in ("avx512", "portable", "numpy")
+    monkeypatch.setenv(K.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match=K.ENV_VAR):
+        K.resolve_kernel()
+    with pytest.raises(ValueError, match="impl"):
+        K.resolve_kernel("gpu")
+
+
+def test_shape_errors() -> None:
+    weights = K.PackedConvWeights(np.zeros((4, 3, 3, 1), np.uint64), 10)
+    with pytest.raises(ValueError, match="packed input"):
+        K.binary_conv2d(np.zeros((1, 5, 5, 2), np.uint64), weights)
+    with pytest.raises(ValueError, match="no output"):
+        K.binary_conv2d(np.zeros((1, 2, 2, 1), np.uint64), weights)
+    with pytest.raises(ValueError, match="shape"):
+        K.PackedConvWeights(np.zeros((4, 3, 3, 2), np.uint64), 10)
+
+
+@pytest.mark.skipif("avx512" not in COMPILED, reason="CPU without AVX-512 VPOPCNTDQ")
+def test_fast_kernel_emits_vpopcntq_zmm() -> None:
+    assert K.fast_kernel_asm_has_vpopcntq()
