@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recu.data.augment import IMAGENET_MEAN, IMAGENET_STD, crop_flip, epoch_generator, epoch_seed, normalize
 
@@ -83,3 +85,16 @@ def test_epoch_stream_is_a_function_of_seed_and_epoch():
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(ValueError):
         epoch_seed(-1, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 6), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), pad=st.integers(0, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_crop_flip_property(b, c, h, w, pad, seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=g)
+    flips = torch.randint(0, 2, (b,), generator=g).bool()
+    assert torch.equal(crop_flip(img, offsets, flips, pad), reference(img, offsets, flips, pad))

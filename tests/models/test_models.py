@@ -216,6 +216,14 @@ def test_resnet20_block_structure():
     assert torch.allclose(block(x), x.clamp(-1, 1))
 
 
+def test_resnet20_kaiming_normal_init():
+    torch.manual_seed(0)
+    model = M.create("resnet20_1w1a")
+    conv = model.layers[2][1].conv1  # 64 -> 64, fan_in 576
+    assert abs(conv.weight.std().item() / (2 / 576) ** 0.5 - 1) < 0.03
+    assert abs(model.conv1.weight.std().item() / (2 / 27) ** 0.5 - 1) < 0.1
+
+
 def test_vgg_small_pool_before_bn_and_init():
     torch.manual_seed(0)
     model = M.create("vgg_small_1w1a")
