@@ -79,3 +79,15 @@ def test_magnitude_buckets_equal_count_and_edges() -> None:
     assert torch.bincount(b2.long()).tolist() == [1001] + [1000] * 9
     with pytest.raises(ValueError, match="buckets"):
         S.magnitude_buckets(z, 0)
+
+
+@pytest.mark.parametrize("max_samples", [1 << 20, 5000])
+def test_distribution_summary_equals_the_single_functions(laplace: torch.Tensor, max_samples: int) -> None:
+    x = (0.3 * laplace[:50_000] + 0.1).to(torch.float32).reshape(500, 100)
+    summary = {k: float(v) for k, v in S.distribution_summary(x, max_samples).items()}
+    ks_lap, ks_gau = S.ks_statistics(x, max_samples)
+    ll_lap, ll_gau = S.log_likelihoods(x)
+    expected = {"kurtosis": S.kurtosis(x), "tail_mass_3sigma": S.tail_mass(x), "ks_laplace": ks_lap,
+                "ks_gaussian": ks_gau, "loglik_laplace": ll_lap, "loglik_gaussian": ll_gau,
+                "latent_entropy": S.histogram_entropy(x)}
+    assert summary == pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-9, abs=1e-12)

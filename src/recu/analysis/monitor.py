@@ -224,15 +224,10 @@ class DeadWeightMonitor:
                                                       minlength=self.buckets)),
                 "bucket_sizes": rb.add(torch.bincount(prev_bucket.flatten(), minlength=self.buckets)),
                 "bucket_edges": rb.add(st["edges"].to(sign.device)),
-                "kurtosis": rb.add(S.kurtosis(w1)),
-                "tail": rb.add(S.tail_mass(w1)),
                 "entropy_bits": rb.add(S.binary_entropy_bits(sign)),
-                "latent_entropy": rb.add(S.histogram_entropy(w1)),
             }
-            ks_lap, ks_gau = S.ks_statistics(w1, self.ks_max_samples)
-            ll_lap, ll_gau = S.log_likelihoods(w1)
-            slot.update(ks_laplace=rb.add(ks_lap), ks_gaussian=rb.add(ks_gau),
-                        loglik_laplace=rb.add(ll_lap), loglik_gaussian=rb.add(ll_gau))
+            for key, value in S.distribution_summary(w1, self.ks_max_samples).items():
+                slot[key] = rb.add(value)
             stable = {}
             for key, mask in st["stable"].items():
                 if mask is None:  # reference epoch reached now: nothing flipped since
@@ -381,7 +376,7 @@ class DeadWeightMonitor:
                 "bucket_flips": [int(x) for x in v["bucket_flips"]],
                 "bucket_flip_ratio": [f / s if s else None for f, s in zip(v["bucket_flips"], bucket_sizes)],
                 "kurtosis": v["kurtosis"][0],
-                "tail_mass_3sigma": v["tail"][0],
+                "tail_mass_3sigma": v["tail_mass_3sigma"][0],
                 "ks_laplace": v["ks_laplace"][0],
                 "ks_gaussian": v["ks_gaussian"][0],
                 "loglik_laplace": v["loglik_laplace"][0],
