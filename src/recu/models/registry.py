@@ -58,7 +58,10 @@ def register(name: Optional[str] = None, *, binary: bool = True) -> Callable[[F]
         if key in _REGISTRY:
             raise ValueError(f"model name {key!r} is already registered")
 
-        default_classes = inspect.signature(fn).parameters["num_classes"].default
+        param = inspect.signature(fn).parameters.get("num_classes")
+        if param is None:
+            raise TypeError(f"model builder {key!r} must take a num_classes argument")
+        default_classes = param.default if param.default is not inspect.Parameter.empty else 10
 
         @functools.wraps(fn)
         def build(num_classes: Optional[int] = None, config: ConfigLike = None, **kwargs: Any) -> nn.Module:
