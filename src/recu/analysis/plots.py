@@ -125,7 +125,13 @@ def _layer_lines(ax: Any, monitor: Sequence[dict[str, Any]], key: str, positive:
         if positive:
             y = np.where(y > 0, y, np.nan)  # log axes cannot show 0
         ax.plot(epochs, y, color=cmap(i / max(len(names) - 1, 1)), lw=1, label=name)
-    ax.legend(fontsize=5, ncol=2 if len(names) > 9 else 1, title="layer (dark = first)", title_fontsize=6)
+    _legend(ax, len(names), title="layer (dark = first)")
+
+
+def _legend(ax: Any, entries: int, **kw: Any) -> None:
+    # many layers: outside on the right, so the legend never hides the lines
+    where = dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if entries > 9 else {}
+    ax.legend(fontsize=5, ncol=2 if entries > 24 else 1, title_fontsize=6, **where, **kw)
 
 
 def plot_flip_ratio(monitor: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -153,7 +159,7 @@ def plot_clamped_share(monitor: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.plot(epochs, _series(monitor, first, "clamped_share_laplace"), color="black", lw=2, ls="--",
             label="Laplace: 2(1 - τ)")
     ax.plot(epochs, [m["total"]["clamped_share"] for m in monitor], color="black", lw=2.2, label="all layers")
-    ax.legend(fontsize=5, ncol=2)
+    _legend(ax, len(monitor[-1]["layers"]) + 2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("share with |W1| > Q")
     ax.set_title("Weights clamped by ReCU (dashed: share if W1 were Laplace)")
