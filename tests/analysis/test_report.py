@@ -155,13 +155,18 @@ def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
         analyze(tmp_path / "pickled_module.pt")
 
 
-def test_checkpoint_report_uses_the_stored_config_and_tau(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["top", "kwargs"])
+def test_checkpoint_report_uses_the_stored_config_and_tau(tmp_path: Path, where: str) -> None:
     config = recu.BinaryConfig(b_star=0.5)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), recu.ReCUConv2d(8, 16, 3, config=config),
                           recu.ReCUConv2d(16, 16, 3, config=config), nn.Linear(16, 2))
     recu.set_tau(model, 0.9)
-    ckpt = {"model": model.state_dict(), "epoch": 7,
-            "model_spec": {"name": "tiny", "num_classes": 2, "kwargs": {"config": dataclasses.asdict(config)}}}
+    spec = {"name": "tiny", "num_classes": 2, "kwargs": {}}
+    if where == "top":  # as recu.models writes recu_spec
+        spec["config"] = dataclasses.asdict(config)
+    else:
+        spec["kwargs"]["config"] = dataclasses.asdict(config)
+    ckpt = {"model": model.state_dict(), "epoch": 7, "model_spec": spec}
     torch.save(ckpt, tmp_path / "last.pt")
     assert cli_main(["analyze", str(tmp_path / "last.pt")]) == 0
     out = tmp_path / "last_report"

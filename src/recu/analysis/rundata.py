@@ -134,7 +134,7 @@ def load_checkpoint_weights(path: PathLike) -> tuple[dict[str, Tensor], dict[str
 
     A binary layer is a ``NAME.weight`` whose module also stores ``NAME.alpha`` or ``NAME.tau``.
     The checkpoint is a dict with a ``model`` state_dict (a bare state_dict also works); its
-    ``model_spec["kwargs"]["config"]``, when present, says how to standardise.
+    ``model_spec["config"]`` (or ``model_spec["kwargs"]["config"]``), when present, says how to standardise.
     """
     path = Path(path)
     if not path.is_file():
@@ -149,7 +149,8 @@ def load_checkpoint_weights(path: PathLike) -> tuple[dict[str, Tensor], dict[str
     if not isinstance(state, dict):
         raise ValueError(f"{path}: 'model' is not a state_dict")
     spec = ckpt.get("model_spec") or {}
-    config = dict((spec.get("kwargs") or {}).get("config") or {})
+    # recu_spec keeps the BinaryConfig dict at the top level; older specs kept it inside kwargs
+    config = dict(spec.get("config") or (spec.get("kwargs") or {}).get("config") or {})
     weights: dict[str, Tensor] = {}
     taus: dict[str, Optional[float]] = {}
     for key, value in state.items():
