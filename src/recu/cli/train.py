@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config key, e.g. --set epochs=10 --set binary.clamp=mask (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from its last.pt")
     p.add_argument("--data-dir", help="shortcut for --set data_dir=PATH")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="end the job after epoch N (e.g. a cluster time slice); --resume continues it")
     p.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
@@ -32,8 +34,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = TrainConfig.from_yaml(args.config, overrides)
-    result = train(cfg, resume=args.resume)
-    if result.get("final_top1") is not None:
+    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    if result.get("final_top1") is not None and args.stop_after is None:
         print(f"final test top-1 {result['final_top1']:.2f}% (best {result['best_top1']:.2f}% "
               f"at epoch {result['best_epoch'] + 1}); run in {result['run_dir']}")
     return 0

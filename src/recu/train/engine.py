@@ -59,14 +59,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint describes (``model_spec``) and load its weights."""
-    from ..models import create
-    from ..nn import BinaryConfig
+    from ..models import from_spec
 
     spec = state.get("model_spec")
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"{source} has no model_spec: it was not written by recu train")
-    config = BinaryConfig(**spec["config"]) if spec.get("config") else None
-    model = create(spec["name"], num_classes=spec.get("num_classes", 10), config=config, **spec.get("kwargs", {}))
+    model = from_spec(spec)
     load_model_state(model, state["model"], source)
     return model
 
@@ -100,9 +98,11 @@ def _soft_cross_entropy(student: Tensor, teacher: Tensor) -> Tensor:
 class Trainer:
     """One training run of a :class:`TrainConfig`. ``fit()`` trains and returns the summary."""
 
-    def __init__(self, cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False,
+                 stop_after: Optional[int] = None) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.stop_after = stop_after
         self.extra_callbacks = list(callbacks or [])
 
     # -- set-up -------------------------------------------------------------------------------
@@ -162,8 +162,10 @@ class Trainer:
                 self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.eval_net: nn.Module = self.model
         if cfg.compile:
             self.net = torch.compile(self.net)
+            self.eval_net = torch.compile(self.model)
 
         self.run_dir = cfg.run_dir
         self.log = MetricsLog(self.run_dir, cfg.tensorboard) if self.dist.is_main else None
@@ -259,7 +261,8 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_begin(self.model, self.run_dir, cfg.epochs)
             record: dict[str, Any] = {}
-            for epoch in range(self.start_epoch, cfg.epochs):
+            end = cfg.epochs if self.stop_after is None else min(cfg.epochs, self.stop_after)
+            for epoch in range(self.start_epoch, end):
                 lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -270,7 +273,7 @@ class Trainer:
                     record["tau"] = self.tau.last_tau
                 last_epoch = epoch == cfg.epochs - 1
                 if self.dist.is_main and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                    test = evaluate(self.model, self.data.test, self.device, cfg.channels_last)
+                    test = evaluate(self.eval_net, self.data.test, self.device, cfg.channels_last)
                     record.update({f"test_{k}": v for k, v in test.items()})
                     if test["top1"] > self.best_top1:
                         self.best_top1, self.best_epoch = test["top1"], epoch
@@ -310,6 +313,11 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
-def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch`` and ``run_dir``."""
-    return Trainer(cfg, callbacks, resume).fit()
+def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False,
+          stop_after: Optional[int] = None) -> dict[str, Any]:
+    """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch`` and ``run_dir``.
+
+    ``resume`` continues the run in ``cfg.run_dir`` from its ``last.pt``. ``stop_after=N`` ends the
+    job after epoch N (a time-sliced job on a cluster); ``--resume`` continues it exactly.
+    """
+    return Trainer(cfg, callbacks, resume, stop_after).fit()
