@@ -44,9 +44,24 @@ CASES = [  # (C_in, C_out, k, stride, padding, H, W)
 ]
 
 
+@pytest.fixture(params=["serial", "threads"])
+def threading_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a compiled kernel on the calling thread or on numba's workers (small inputs included)."""
+    if request.param == "threads":
+        if not K.numba_available():
+            pytest.skip("numba not installed")
+        from recu.deploy import _numba_kernels as nk
+
+        monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)
+        K.set_num_threads(2)
+    else:
+        K.set_num_threads(1)
+    return request.param
+
+
 @pytest.mark.parametrize("impl", PATHS)
 @pytest.mark.parametrize("case", CASES)
-def test_kernel_exact(impl: str, case: tuple) -> None:
+def test_kernel_exact(impl: str, case: tuple, threading_mode: str) -> None:
     c, o, k, s, p, h, w_ = case
     x = torch.randn(2, c, h, w_)
     x[:, :, 0, :] = 0.0  # zeros (+1) on a padded border row
@@ -57,7 +72,7 @@ def test_kernel_exact(impl: str, case: tuple) -> None:
 
 
 @pytest.mark.parametrize("impl", PATHS)
-def test_channels_last_input_and_border_values(impl: str) -> None:
+def test_channels_last_input_and_border_values(impl: str, threading_mode: str) -> None:
     # All +1 input and all +1 weights: each output counts its valid taps times C, so the border
     # values show directly that padded taps add 0 (not +1 or -1).
     x = torch.ones(1, 70, 4, 5).contiguous(memory_format=torch.channels_last)

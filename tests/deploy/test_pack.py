@@ -51,7 +51,13 @@ def test_weight_layout() -> None:
 @pytest.mark.parametrize("impl", COMPILED + ["numpy"])
 @pytest.mark.parametrize("c", CHANNELS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bool) -> None:
+@pytest.mark.parametrize("min_work", [0, None])
+def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bool, min_work,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    if min_work is not None and impl != "numpy":  # force numba's worker threads on a small input
+        from recu.deploy import _numba_kernels as nk
+
+        monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", min_work)
     x = torch.randn(2, c, 5, 4)
     x[0, :, 0, 0] = 0.0
     x[1, 0, 1, 1] = -0.0  # -0.0 >= 0: +1, as RF.sign

@@ -30,11 +30,11 @@ import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-# numba's default OpenMP layer keeps its workers spinning after each kernel; next to PyTorch's
-# own OpenMP runtime on a shared 2-core machine that made every layer wait a scheduler time
-# slice (~30 ms instead of ~0.3 ms, measured). The workqueue layer sleeps. Users who call the
-# kernels from several Python threads at once should set NUMBA_THREADING_LAYER=omp (workqueue
-# does not support concurrent launches); an explicit setting is always respected.
+# numba's default threading layer here is OpenMP, which shares the OpenMP runtime with PyTorch:
+# once numba's pool started, a 1-thread PyTorch conv that took 0.05 ms took 6 ms (measured on the
+# shared 2-core machine). The workqueue layer has its own pool and leaves PyTorch alone. Users who
+# call the kernels from several Python threads at once should set NUMBA_THREADING_LAYER=omp
+# (workqueue does not support concurrent launches); an explicit setting is always respected.
 if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 
@@ -235,38 +235,62 @@ def popcount_swar(x):  # type: ignore[no-untyped-def]
     return np.int64((x * _H01) >> _S56)
 
 
+@_jit()
+def _pack_nhwc_pixel(q, x, c_, out):  # type: ignore[no-untyped-def]
+    cw_ = out.shape[1]
+    full = c_ // 64
+    base = q * c_
+    for j in range(full):
+        out[q, j] = sign_bits64(x, base + j * 64)
+    if full < cw_:  # the last, partial word: pad bits stay 0
+        word = np.uint64(0)
+        for c in range(full * 64, c_):
+            word |= np.uint64(x[base + c] >= 0) << np.uint64(c - full * 64)
+        out[q, full] = word
+
+
 @_jit(parallel=True)
 def pack_nhwc(x, c_, out):  # type: ignore[no-untyped-def]
     """x: float32 (N*H*W*C,) flat NHWC -> out: uint64 (N*H*W, CW), bit 1 where x >= 0."""
-    pixels, cw_ = out.shape
-    full = c_ // 64
-    for q in prange(pixels):
-        base = q * c_
-        for j in range(full):
-            out[q, j] = sign_bits64(x, base + j * 64)
-        if full < cw_:  # the last, partial word: pad bits stay 0
-            word = np.uint64(0)
-            for c in range(full * 64, c_):
-                word |= np.uint64(x[base + c] >= 0) << np.uint64(c - full * 64)
-            out[q, full] = word
+    for q in prange(out.shape[0]):
+        _pack_nhwc_pixel(q, x, c_, out)
+
+
+@_jit()
+def pack_nhwc_serial(x, c_, out):  # type: ignore[no-untyped-def]
+    """:func:`pack_nhwc` on the calling thread (no hand-off to worker threads for small inputs)."""
+    for q in range(out.shape[0]):
+        _pack_nhwc_pixel(q, x, c_, out)
+
+
+@_jit()
+def _pack_nchw_row(r, x, out):  # type: ignore[no-untyped-def]
+    n_, c_, h_, w_ = x.shape
+    cw_ = out.shape[3]
+    n = r // h_
+    h = r - n * h_
+    for w in range(w_):
+        for j in range(cw_):
+            out[n, h, w, j] = 0
+    for c in range(c_):
+        j = c // 64
+        b = np.uint64(c - j * 64)
+        for w in range(w_):
+            out[n, h, w, j] |= np.uint64(x[n, c, h, w] >= 0) << b
 
 
 @_jit(parallel=True)
 def pack_nchw(x, out):  # type: ignore[no-untyped-def]
-    """x: float (N, C, H, W) C-contiguous -> out: uint64 (N, H, W, CW), bit 1 where x >= 0."""
-    n_, c_, h_, w_ = x.shape
-    cw_ = out.shape[3]
-    for r in prange(n_ * h_):
-        n = r // h_
-        h = r - n * h_
-        for w in range(w_):
-            for j in range(cw_):
-                out[n, h, w, j] = 0
-        for c in range(c_):
-            j = c // 64
-            b = np.uint64(c - j * 64)
-            for w in range(w_):
-                out[n, h, w, j] |= np.uint64(x[n, c, h, w] >= 0) << b
+    """x: float32 (N, C, H, W) C-contiguous -> out: uint64 (N, H, W, CW), bit 1 where x >= 0."""
+    for r in prange(x.shape[0] * x.shape[2]):
+        _pack_nchw_row(r, x, out)
+
+
+@_jit()
+def pack_nchw_serial(x, out):  # type: ignore[no-untyped-def]
+    """:func:`pack_nchw` on the calling thread."""
+    for r in range(x.shape[0] * x.shape[2]):
+        _pack_nchw_row(r, x, out)
 
 
 def pack_nchw_tensor(x: torch.Tensor) -> np.ndarray:
@@ -275,12 +299,23 @@ def pack_nchw_tensor(x: torch.Tensor) -> np.ndarray:
         x = x.float()
     n, c, h, w = x.shape
     out = np.empty((n, h, w, (c + 63) // 64), dtype=np.uint64)
+    parallel = use_threads(x.numel() // 16)
     nhwc = x.permute(0, 2, 3, 1)
     if nhwc.is_contiguous():  # channels_last: the layout the packed model keeps between layers
-        pack_nhwc(nhwc.numpy().reshape(-1), c, out.reshape(-1, out.shape[3]))
+        (pack_nhwc if parallel else pack_nhwc_serial)(nhwc.numpy().reshape(-1), c, out.reshape(-1, out.shape[3]))
     else:
-        pack_nchw(x.contiguous().numpy(), out)
+        (pack_nchw if parallel else pack_nchw_serial)(x.contiguous().numpy(), out)
     return out
+
+
+# Below this many inner-loop steps a kernel runs on the calling thread: waking workers costs
+# tens of microseconds, and on a loaded machine a whole scheduler time slice.
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def use_threads(work: int) -> bool:
+    """Whether a kernel with ``work`` inner steps should use numba's worker threads."""
+    return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
 
 
 def block_weights(bits: np.ndarray) -> np.ndarray:
@@ -317,16 +352,9 @@ def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, scale, bias, o
                 out_i[n, oh, ow + p, o] = dot
 
 
-@_jit(parallel=True)
-def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
-    """Binary conv2d, 8 output channels x up to 4 output pixels per step.
-
-    a: uint64 (N*H*W*CW,) the packed NHWC input, flat. wb: uint64 (OB*KH*KW*CW*8,), the blocked
-    weights (:func:`block_weights`), flat. (h_, w_, cw_) input geometry, (kh_, kw_) kernel size,
-    c_in / c_out the true channel counts, (sh, sw) stride, (ph, pw) padding.
-    affine False: out_i int32 (N, OH, OW, C_out) gets the dot products.
-    affine True: out_f float32 (N, OH, OW, C_out) gets scale[o] * dot + bias[o] (folded alpha/BN).
-    """
+@_jit()
+def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """Output row ``r`` (= n * OH + oh) of :func:`conv_fast`."""
     n_ = a.shape[0] // (h_ * w_ * cw_)
     ob_ = (c_out + 7) // 8
     oh_ = out_f.shape[1] if affine else out_i.shape[1]
@@ -336,65 +364,101 @@ def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, 
     # Output columns whose whole kernel row lies inside the input (no horizontal padding).
     ow_lo = min(ow_, (pw + sw - 1) // sw)
     ow_hi = max(ow_lo, min(ow_, (w_ + pw - kw_) // sw + 1))
-    for r in prange(n_ * oh_):
-        acc = np.empty(8 * blk, dtype=np.int64)
-        n = r // oh_
-        oh = r - n * oh_
-        ih0 = oh * sh - ph
-        kh0 = max(0, -ih0)
-        kh1 = min(kh_, h_ - ih0)
-        rows = max(0, kh1 - kh0)
-        # Weight block outermost: its KH*KW*CW*8 words stay in L1 while the row is swept.
-        for ob in range(ob_):
-            o0 = ob * 8
-            ow = 0
-            while ow < ow_:
-                iw0 = ow * sw - pw
-                if ow >= ow_lo and ow + blk <= ow_hi:
-                    abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_
-                    wofs = (ob * kh_ + kh0) * row * 8
-                    xnor_rows4(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, rows, row, acc)
-                    _write_block(acc, blk, rows * kw_ * c_in, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
-                    ow += blk
-                else:
-                    kw0 = max(0, -iw0)
-                    kw1 = min(kw_, w_ - iw0)
-                    acc[:8] = 0
-                    if kw1 > kw0 and rows > 0:  # else all taps are padding: dot 0
-                        abase = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * cw_
-                        wofs = ((ob * kh_ + kh0) * row + kw0 * cw_) * 8
-                        xnor_rows1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, rows, (kw1 - kw0) * cw_, acc)
-                    valid = rows * max(0, kw1 - kw0) * c_in
-                    _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
-                    ow += 1
+    acc = np.empty(8 * blk, dtype=np.int64)
+    n = r // oh_
+    oh = r - n * oh_
+    ih0 = oh * sh - ph
+    kh0 = max(0, -ih0)
+    kh1 = min(kh_, h_ - ih0)
+    rows = max(0, kh1 - kh0)
+    # Weight block outermost: its KH*KW*CW*8 words stay in L1 while the row is swept.
+    for ob in range(ob_):
+        o0 = ob * 8
+        ow = 0
+        while ow < ow_:
+            iw0 = ow * sw - pw
+            if ow >= ow_lo and ow + blk <= ow_hi:
+                abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_
+                wofs = (ob * kh_ + kh0) * row * 8
+                xnor_rows4(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, rows, row, acc)
+                _write_block(acc, blk, rows * kw_ * c_in, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                ow += blk
+            else:
+                kw0 = max(0, -iw0)
+                kw1 = min(kw_, w_ - iw0)
+                acc[:8] = 0
+                if kw1 > kw0 and rows > 0:  # else all taps are padding: dot 0
+                    abase = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * cw_
+                    wofs = ((ob * kh_ + kh0) * row + kw0 * cw_) * 8
+                    xnor_rows1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, rows, (kw1 - kw0) * cw_, acc)
+                valid = rows * max(0, kw1 - kw0) * c_in
+                _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                ow += 1
+
+
+@_jit(parallel=True)
+def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """Binary conv2d, 8 output channels x up to 4 output pixels per step, rows across threads.
+
+    a: uint64 (N*H*W*CW,) the packed NHWC input, flat. wb: uint64 (OB*KH*KW*CW*8,), the blocked
+    weights (:func:`block_weights`), flat. (h_, w_, cw_) input geometry, (kh_, kw_) kernel size,
+    c_in / c_out the true channel counts, (sh, sw) stride, (ph, pw) padding.
+    affine False: out_i int32 (N, OH, OW, C_out) gets the dot products.
+    affine True: out_f float32 (N, OH, OW, C_out) gets scale[o] * dot + bias[o] (folded alpha/BN).
+    """
+    rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
+    for r in prange(rows):
+        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+
+
+@_jit()
+def conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """:func:`conv_fast` on the calling thread."""
+    rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
+    for r in range(rows):
+        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+
+
+@_jit()
+def _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    n_, h_, w_, cw_ = a.shape
+    o_, kh_, kw_ = w.shape[0], w.shape[1], w.shape[2]
+    oh_ = out_f.shape[1] if affine else out_i.shape[1]
+    ow_ = out_f.shape[2] if affine else out_i.shape[2]
+    n = r // oh_
+    oh = r - n * oh_
+    ih0 = oh * sh - ph
+    kh0 = max(0, -ih0)
+    kh1 = min(kh_, h_ - ih0)
+    for ow in range(ow_):
+        iw0 = ow * sw - pw
+        kw0 = max(0, -iw0)
+        kw1 = min(kw_, w_ - iw0)
+        valid = max(0, kh1 - kh0) * max(0, kw1 - kw0) * c_in
+        for o in range(o_):
+            s = 0
+            for kh in range(kh0, kh1):
+                for kw in range(kw0, kw1):
+                    for j in range(cw_):
+                        s += popcount_swar(a[n, ih0 + kh, iw0 + kw, j] ^ w[o, kh, kw, j])
+            dot = valid - 2 * s
+            if affine:
+                out_f[n, oh, ow, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
+            else:
+                out_i[n, oh, ow, o] = dot
 
 
 @_jit(parallel=True)
 def conv_portable(a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
     """Binary conv2d, one output channel at a time, SWAR popcount. w: uint64 (C_out, KH, KW, CW)."""
-    n_, h_, w_, cw_ = a.shape
-    o_, kh_, kw_ = w.shape[0], w.shape[1], w.shape[2]
-    oh_ = out_f.shape[1] if affine else out_i.shape[1]
-    ow_ = out_f.shape[2] if affine else out_i.shape[2]
-    for r in prange(n_ * oh_):
-        n = r // oh_
-        oh = r - n * oh_
-        ih0 = oh * sh - ph
-        kh0 = max(0, -ih0)
-        kh1 = min(kh_, h_ - ih0)
-        for ow in range(ow_):
-            iw0 = ow * sw - pw
-            kw0 = max(0, -iw0)
-            kw1 = min(kw_, w_ - iw0)
-            valid = max(0, kh1 - kh0) * max(0, kw1 - kw0) * c_in
-            for o in range(o_):
-                s = 0
-                for kh in range(kh0, kh1):
-                    for kw in range(kw0, kw1):
-                        for j in range(cw_):
-                            s += popcount_swar(a[n, ih0 + kh, iw0 + kw, j] ^ w[o, kh, kw, j])
-                dot = valid - 2 * s
-                if affine:
-                    out_f[n, oh, ow, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
-                else:
-                    out_i[n, oh, ow, o] = dot
+    rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
+    for r in prange(rows):
+        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+
+
+@_jit()
+def conv_portable_serial(a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+    """:func:`conv_portable` on the calling thread."""
+    rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
+    for r in range(rows):
+        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)

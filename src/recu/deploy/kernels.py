@@ -104,6 +104,8 @@ def set_num_threads(n: int) -> None:
     if numba_available():
         import numba
 
+        from . import _numba_kernels  # noqa: F401  (chooses numba's threading layer before the pool starts)
+
         numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
@@ -233,12 +235,15 @@ def binary_conv2d(
     bi = np.ascontiguousarray(bias, dtype=np.float32) if affine else empty
     if affine and (sc.shape != (weights.out_channels,) or bi.shape != (weights.out_channels,)):
         raise ValueError(f"scale and bias must have shape ({weights.out_channels},)")
+    parallel = nk.use_threads(shape[0] * shape[1] * shape[2] * weights.bits.size // nk.LANES)
     if kind == "avx512":
         wb = weights.blocked()
-        nk.conv_fast(a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
-                     weights.out_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+        fn = nk.conv_fast if parallel else nk.conv_fast_serial
+        fn(a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
+           weights.out_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
     else:
-        nk.conv_portable(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+        fn = nk.conv_portable if parallel else nk.conv_portable_serial
+        fn(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
     return out
 
 
@@ -252,9 +257,9 @@ def fast_kernel_asm() -> str:
 
     from . import _numba_kernels as nk
 
-    twin = njit(parallel=True, cache=False)(nk.conv_fast.py_func)
+    twin = njit(cache=False)(nk._conv_fast_row.py_func)  # the row function holds the whole loop nest
     w = PackedConvWeights(np.zeros((8, 1, 1, 1), dtype=np.uint64), 64)
-    twin(np.zeros(1, np.uint64), w.blocked().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
+    twin(0, np.zeros(1, np.uint64), w.blocked().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
          np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.empty(0, np.float32),
          np.zeros((1, 1, 1, 1), np.float32), False)
     return "\n".join(twin.inspect_asm().values())

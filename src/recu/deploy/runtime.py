@@ -27,7 +27,7 @@ from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
 from .kernels import PackedConvWeights, binary_conv2d, output_size, resolve_kernel, set_num_threads
 from .pack import pack_activations, unpackbits_bytes
 
-__all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata"]
+__all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata", "build_model"]
 
 
 class PackedConv2d(nn.Module):
@@ -134,16 +134,14 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     return meta
 
 
-def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:
-    if model is not None:
-        return copy.deepcopy(model)
-    spec = meta.get("model_spec")
-    if not spec:
-        raise ValueError("the file has no model spec; pass the model skeleton: load(path, model=...)")
+def build_model(spec: dict) -> nn.Module:
+    """A fresh model from a ``recu_spec`` dict via ``recu.models.create``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a model spec must be a dict with at least 'name', got {spec!r}")
     try:
         from .. import models
     except ImportError as e:
-        raise RuntimeError(f"recu.models is needed to rebuild {spec.get('name')!r} from the file: {e}") from None
+        raise RuntimeError(f"recu.models is needed to rebuild {spec.get('name')!r}: {e}") from None
     # The binary config may sit at the top level (docs/interfaces.md) or inside "kwargs"
     # (what recu.models records); models.create takes either, but not both.
     kwargs = dict(spec.get("kwargs") or {})
@@ -151,6 +149,15 @@ def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:
     if config is not None and "config" in kwargs:
         config = None
     return models.create(spec["name"], num_classes=spec.get("num_classes", 10), config=config, kwargs=kwargs)
+
+
+def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:
+    if model is not None:
+        return copy.deepcopy(model)
+    spec = meta.get("model_spec")
+    if not spec:
+        raise ValueError("the file has no model spec; pass the model skeleton: load(path, model=...)")
+    return build_model(spec)
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:

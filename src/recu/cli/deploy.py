@@ -1,0 +1,100 @@
+"""``recu export`` (checkpoint -> 1-bit deployment file) and ``recu bench`` (packed vs PyTorch)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="write a checkpoint as a 1-bit deployment file (safetensors + JSON)")
+    e.add_argument("checkpoint", help="a training checkpoint (dict with 'model' and 'model_spec')")
+    e.add_argument("-o", "--output", required=True, help="output file, e.g. model.recu")
+    e.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm into the binary layers")
+    e.set_defaults(func=_export)
+
+    b = sub.add_parser("bench", help="latency/throughput of the packed model vs PyTorch eager and torch.compile")
+    b.add_argument("target", help="a deployment file, or a model name from `recu models` (random weights)")
+    b.add_argument("--threads", type=int, help="threads for both sides (default: torch's current count)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    b.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="one sample's shape (default: 3 224 224 for ImageNet models, else 3 32 32)")
+    b.add_argument("--num-classes", type=int, help="for a model name (default: 1000 for ImageNet models, else 10)")
+    b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
+    b.add_argument("--kernel", choices=["auto", "avx512", "portable", "numpy"], help="kernel path")
+    b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    b.add_argument("--top", type=int, default=0, help="show only the N slowest layers (default: all)")
+    b.set_defaults(func=_bench)
+
+
+def load_checkpoint_model(path: str):  # type: ignore[no-untyped-def]
+    """The model of a training checkpoint, rebuilt from its spec, weights loaded (weights_only)."""
+    import torch
+
+    from ..deploy.runtime import build_model
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle errors, truncated files ...
+        raise ValueError(f"{path} is not a loadable checkpoint (torch.load weights_only=True): "
+                         f"{type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a recu checkpoint: need a dict with 'model' (state_dict) and "
+                         f"'model_spec' (the model's recu_spec), got {keys}")
+    model = build_model(ckpt["model_spec"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the state_dict does not fit model {ckpt['model_spec'].get('name')!r}: "
+                         f"{str(e).splitlines()[0]}") from None
+    model.recu_spec = ckpt["model_spec"]
+    return model.eval()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..deploy import export
+
+    model = load_checkpoint_model(args.checkpoint)
+    meta = export(model, args.output, fold_bn=not args.no_fold)
+    size = os.path.getsize(args.output)
+    fp32 = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
+    print(f"wrote {args.output}: {len(meta['binary_layers'])} packed binary layers "
+          f"({len(meta['folded_bn'])} with BatchNorm folded), {len(meta['float_layers'])} binary layers kept float; "
+          f"{size / 1e6:.3f} MB, {fp32 / max(size, 1):.1f}x smaller than the float32 weights")
+    return 0
+
+
+def _is_imagenet(name: str) -> bool:
+    return "imagenet" in name or name.startswith("reactnet")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..deploy import export, load
+    from ..deploy.bench import format_result, run_benchmark
+
+    if os.path.isfile(args.target):
+        packed = load(args.target, impl=args.kernel)
+        spec = packed.metadata.get("model_spec") or {}
+        name = spec.get("name", "")
+    else:
+        from ..models import available, create
+
+        name = args.target
+        if name not in available():
+            raise ValueError(f"{name!r} is neither a file nor a model name; models: {', '.join(available())}")
+        model = create(name, num_classes=args.num_classes or (1000 if _is_imagenet(name) else 10)).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.recu"
+            export(model, path)
+            packed = load(path, impl=args.kernel)
+    shape = tuple(args.input_size) if args.input_size else ((3, 224, 224) if _is_imagenet(name) else (3, 32, 32))
+    res = run_benchmark(packed, shape, tuple(args.batch), threads=args.threads, repeat=args.repeat,
+                        use_compile=not args.no_compile)
+    print(f"recu bench {args.target}")
+    print(format_result(res, top=args.top))
+    return 0
