@@ -84,38 +84,42 @@ def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
     return types.int64(types.uint64), codegen
 
 
-def _make_xnor_rows(pixels: int):  # type: ignore[no-untyped-def]
-    """An intrinsic ``xnor_rows(a, aoff, astep, arow, wb, woff, wrow, rows, n, acc)`` for ``pixels`` pixels.
+def _make_xnor_rows(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``xnor_rows(a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc)``.
 
-    For p < pixels and lane < 8::
+    For ``pixels`` output pixels p and ``blocks`` blocks b of 8 output channels (lane < 8)::
 
-        acc[8p + lane] = sum_{k < rows} sum_{t < n}
-                          popcount(a[aoff + k * arow + p * astep + t] XOR wb[woff + k * wrow + 8t + lane])
+        acc[8 (b * pixels + p) + lane] = sum_{k < rows} sum_{t < n}
+            popcount(a[aoff + k * arow + p * astep + t] XOR wb[woff + b * wblk + k * wrow + 8t + lane])
 
-    written directly as LLVM vector IR: one <8 x i64> weight load feeds ``pixels`` XOR /
-    ``ctpop`` / add chains whose accumulators live in registers for the whole loop. Numba's
-    own lowering of the same loop let the loop vectoriser interleave across ``t``, which cost
+    written directly as LLVM vector IR: each <8 x i64> weight load feeds ``pixels`` XOR /
+    ``ctpop`` / add chains, each broadcast activation word feeds ``blocks`` of them, and the
+    ``pixels * blocks`` accumulators live in registers for the whole loop nest. Numba's own
+    lowering of the same loop let the loop vectoriser interleave across ``t``, which cost
     5-10 cycles per step instead of about one.
     """
     from llvmlite import ir
     from numba.core import cgutils
 
+    count = pixels * blocks
+
     @intrinsic
-    def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, rows, n, acc):  # type: ignore[no-untyped-def]
+    def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc):  # type: ignore[no-untyped-def]
         arr_u64 = types.Array(types.uint64, 1, "C")
         arr_i64 = types.Array(types.int64, 1, "C")
-        ints = (aoff, astep, arow, woff, wrow, rows, n)
+        ints = (aoff, astep, arow, woff, wrow, wblk, rows, n)
         if a != arr_u64 or wb != arr_u64 or acc != arr_i64 or not all(isinstance(v, types.Integer) for v in ints):
             return None
         i = types.int64
-        sig = types.void(a, i, i, i, wb, i, i, i, i, acc)
+        sig = types.void(a, i, i, i, wb, i, i, i, i, i, acc)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
             _prefer_512_bit(builder.function)
             a_arr = context.make_array(signature.args[0])(context, builder, args[0])
             w_arr = context.make_array(signature.args[4])(context, builder, args[4])
-            c_arr = context.make_array(signature.args[9])(context, builder, args[9])
-            aoff_v, astep_v, arow_v, woff_v, wrow_v, rows_v, n_v = args[1], args[2], args[3], args[5], args[6], args[7], args[8]
+            c_arr = context.make_array(signature.args[10])(context, builder, args[10])
+            aoff_v, astep_v, arow_v = args[1], args[2], args[3]
+            woff_v, wrow_v, wblk_v, rows_v, n_v = args[5], args[6], args[7], args[8], args[9]
             i64 = ir.IntType(64)
             vec = ir.VectorType(i64, 8)
             vptr = vec.as_pointer()
@@ -124,9 +128,9 @@ def _make_xnor_rows(pixels: int):  # type: ignore[no-untyped-def]
             ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
             zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
             undef = ir.Constant(vec, ir.Undefined)
-            acc_ptrs = [builder.bitcast(builder.gep(c_arr.data, [ir.Constant(i64, 8 * p)]), vptr)
-                        for p in range(pixels)]
-            init = [ir.Constant(vec, [0] * 8) for _ in range(pixels)]
+            acc_ptrs = [builder.bitcast(builder.gep(c_arr.data, [ir.Constant(i64, 8 * q)]), vptr)
+                        for q in range(count)]
+            init = [ir.Constant(vec, [0] * 8) for _ in range(count)]
             entry = builder.block
             row_head = builder.append_basic_block("xnor.row")
             loop = builder.append_basic_block("xnor.loop")
@@ -138,47 +142,50 @@ def _make_xnor_rows(pixels: int):  # type: ignore[no-untyped-def]
             # Outer loop over kernel rows (strided in NHWC), inner loop over the contiguous words of a row.
             builder.position_at_end(row_head)
             k = builder.phi(i64)
-            racc = [builder.phi(vec) for _ in range(pixels)]
+            racc = [builder.phi(vec) for _ in range(count)]
             a_row = builder.gep(a_arr.data, [builder.add(aoff_v, builder.mul(k, arow_v))])
             a_px = [builder.gep(a_row, [builder.mul(astep_v, ir.Constant(i64, p))]) for p in range(pixels)]
             w_row = builder.gep(w_arr.data, [builder.add(woff_v, builder.mul(k, wrow_v))])
+            w_blk = [builder.gep(w_row, [builder.mul(wblk_v, ir.Constant(i64, b))]) for b in range(blocks)]
             builder.branch(loop)
 
             builder.position_at_end(loop)
             t = builder.phi(i64)
-            accs = [builder.phi(vec) for _ in range(pixels)]
-            wv = builder.load(builder.bitcast(builder.gep(w_row, [builder.mul(t, ir.Constant(i64, 8))]), vptr),
-                              align=8)
-            new_accs = []
+            accs = [builder.phi(vec) for _ in range(count)]
+            t8 = builder.mul(t, ir.Constant(i64, 8))
+            wvs = [builder.load(builder.bitcast(builder.gep(w_blk[b], [t8]), vptr), align=8) for b in range(blocks)]
+            new_accs = [None] * count
             for p in range(pixels):
                 x = builder.load(builder.gep(a_px[p], [t]))
                 xs = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
                                             undef, zero_mask)
-                new_accs.append(builder.add(accs[p], builder.call(ctpop, [builder.xor(wv, xs)])))
+                for b in range(blocks):
+                    q = b * pixels + p
+                    new_accs[q] = builder.add(accs[q], builder.call(ctpop, [builder.xor(wvs[b], xs)]))
             t_next = builder.add(t, one)
             builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
             t.add_incoming(zero, row_head)
             t.add_incoming(t_next, loop)
-            for p in range(pixels):
-                accs[p].add_incoming(racc[p], row_head)
-                accs[p].add_incoming(new_accs[p], loop)
+            for q in range(count):
+                accs[q].add_incoming(racc[q], row_head)
+                accs[q].add_incoming(new_accs[q], loop)
 
             builder.position_at_end(row_end)
             k_next = builder.add(k, one)
             builder.cbranch(builder.icmp_signed("<", k_next, rows_v), row_head, done)
             k.add_incoming(zero, entry)
             k.add_incoming(k_next, row_end)
-            for p in range(pixels):
-                racc[p].add_incoming(init[p], entry)
-                racc[p].add_incoming(new_accs[p], row_end)
+            for q in range(count):
+                racc[q].add_incoming(init[q], entry)
+                racc[q].add_incoming(new_accs[q], row_end)
 
             builder.position_at_end(done)
-            results = [builder.phi(vec) for _ in range(pixels)]  # LLVM wants all phis first
-            for p in range(pixels):
-                results[p].add_incoming(init[p], entry)
-                results[p].add_incoming(new_accs[p], row_end)
-            for p in range(pixels):
-                builder.store(results[p], acc_ptrs[p], align=8)
+            results = [builder.phi(vec) for _ in range(count)]  # LLVM wants all phis first
+            for q in range(count):
+                results[q].add_incoming(init[q], entry)
+                results[q].add_incoming(new_accs[q], row_end)
+            for q in range(count):
+                builder.store(results[q], acc_ptrs[q], align=8)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -211,9 +218,14 @@ def sign_bits64(typingctx, x, off):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-XNOR_PIXELS = 4  # output pixels per register block: 4 accumulators + 1 weight vector in flight
-xnor_rows1 = _make_xnor_rows(1)
-xnor_rows4 = _make_xnor_rows(XNOR_PIXELS)
+# Register block: 4 output pixels x 2 blocks of 8 output channels = 8 zmm accumulators, so each
+# step issues 8 vpopcntq against 2 weight loads and 4 broadcasts, and the loop overhead of short
+# rows (3 words when C_in = 64) is spread over 8 popcounts instead of 4.
+XNOR_PIXELS = 4
+xnor_rows_4x2 = _make_xnor_rows(XNOR_PIXELS, 2)
+xnor_rows_1x2 = _make_xnor_rows(1, 2)
+xnor_rows_4x1 = _make_xnor_rows(XNOR_PIXELS, 1)
+xnor_rows_1x1 = _make_xnor_rows(1, 1)
 
 
 _M1 = np.uint64(0x5555555555555555)
@@ -364,41 +376,55 @@ def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
     # Output columns whose whole kernel row lies inside the input (no horizontal padding).
     ow_lo = min(ow_, (pw + sw - 1) // sw)
     ow_hi = max(ow_lo, min(ow_, (w_ + pw - kw_) // sw + 1))
-    acc = np.empty(8 * blk, dtype=np.int64)
+    acc = np.empty(16 * blk, dtype=np.int64)
     n = r // oh_
     oh = r - n * oh_
     ih0 = oh * sh - ph
     kh0 = max(0, -ih0)
     kh1 = min(kh_, h_ - ih0)
     rows = max(0, kh1 - kh0)
-    # Weight block outermost: its KH*KW*CW*8 words stay in L1 while the row is swept.
-    for ob in range(ob_):
+    wblk = kh_ * row * 8  # words between consecutive blocks of 8 output channels
+    # Weight blocks outermost: their 2*KH*KW*CW*8 words stay in L1 while the row is swept.
+    for ob in range(0, ob_, 2):
         o0 = ob * 8
+        two = ob + 1 < ob_
         ow = 0
         while ow < ow_:
             iw0 = ow * sw - pw
             if ow >= ow_lo and ow + blk <= ow_hi:
                 abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_
                 wofs = (ob * kh_ + kh0) * row * 8
-                xnor_rows4(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, rows, row, acc)
-                _write_block(acc, blk, rows * kw_ * c_in, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                valid = rows * kw_ * c_in
+                if two:
+                    xnor_rows_4x2(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, wblk, rows, row, acc)
+                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                    _write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, out_i, scale, bias, out_f,
+                                 affine)
+                else:
+                    xnor_rows_4x1(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, wblk, rows, row, acc)
+                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
                 ow += blk
             else:
                 kw0 = max(0, -iw0)
                 kw1 = min(kw_, w_ - iw0)
-                acc[:8] = 0
+                acc[:16] = 0
                 if kw1 > kw0 and rows > 0:  # else all taps are padding: dot 0
                     abase = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * cw_
                     wofs = ((ob * kh_ + kh0) * row + kw0 * cw_) * 8
-                    xnor_rows1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, rows, (kw1 - kw0) * cw_, acc)
+                    if two:
+                        xnor_rows_1x2(a, abase, 0, w_ * cw_, wb, wofs, row * 8, wblk, rows, (kw1 - kw0) * cw_, acc)
+                    else:
+                        xnor_rows_1x1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, wblk, rows, (kw1 - kw0) * cw_, acc)
                 valid = rows * max(0, kw1 - kw0) * c_in
                 _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                if two:
+                    _write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, out_i, scale, bias, out_f, affine)
                 ow += 1
 
 
 @_jit(parallel=True)
 def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
-    """Binary conv2d, 8 output channels x up to 4 output pixels per step, rows across threads.
+    """Binary conv2d, 16 output channels x 4 output pixels per step, output rows across threads.
 
     a: uint64 (N*H*W*CW,) the packed NHWC input, flat. wb: uint64 (OB*KH*KW*CW*8,), the blocked
     weights (:func:`block_weights`), flat. (h_, w_, cw_) input geometry, (kh_, kw_) kernel size,

@@ -112,6 +112,7 @@ class BenchResult:
     layers_packed: dict[str, float] = field(default_factory=dict)
     layers_eager: dict[str, float] = field(default_factory=dict)
     layer_types: dict[str, str] = field(default_factory=dict)
+    eager_format: dict[int, str] = field(default_factory=dict)  # batch -> the faster input layout
 
 
 def run_benchmark(packed: PackedModel, input_shape: tuple[int, ...], batches: tuple[int, ...] = (1, 8),
@@ -133,25 +134,31 @@ def run_benchmark(packed: PackedModel, input_shape: tuple[int, ...], batches: tu
                     compiled(torch.randn(1, *input_shape).contiguous(memory_format=torch.channels_last))
             except Exception as e:  # noqa: BLE001 - no compiler toolchain, unsupported op ...
                 compiled, res.compile_error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        fmt = torch.contiguous_format
         for b in batches:
             x = torch.randn(b, *input_shape)
             xc = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                want = ref(xc)
+                want = ref(x)
                 got = packed(x)
                 res.max_rel_diff = max(res.max_rel_diff,
                                        float((got - want).abs().max() / want.abs().max().clamp_min(1e-12)))
-                row = {"packed": time_call(lambda: packed(x), repeat),
-                       "eager": time_call(lambda: ref(xc), repeat)}
+                row = {"packed": time_call(lambda: packed(x), repeat)}
+                # PyTorch gets its faster memory format (oneDNN prefers one or the other per shape).
+                eager = {torch.contiguous_format: time_call(lambda: ref(x), repeat),
+                         torch.channels_last: time_call(lambda: ref(xc), repeat)}
+                fmt = min(eager, key=lambda f: eager[f].median)
+                row["eager"] = eager[fmt]
                 if compiled is not None:
-                    row["compile"] = time_call(lambda: compiled(xc), repeat)
+                    row["compile"] = time_call(lambda: compiled(x if fmt == torch.contiguous_format else xc), repeat)
             res.timings[b] = row
+            res.eager_format[b] = "channels_last" if fmt == torch.channels_last else "NCHW"
         if per_layer:
             x = torch.randn(batches[0], *input_shape)
-            xc = x.contiguous(memory_format=torch.channels_last)
+            xr = x.contiguous(memory_format=torch.channels_last) if res.eager_format[batches[0]] != "NCHW" else x
             with torch.inference_mode():
                 res.layers_packed = layer_times(packed.model, lambda: packed(x), repeat=max(3, repeat // 2))
-                res.layers_eager = layer_times(ref, lambda: ref(xc), repeat=max(3, repeat // 2))
+                res.layers_eager = layer_times(ref, lambda: ref(xr), repeat=max(3, repeat // 2))
             res.layer_types = {n: type(m).__name__ for n, m in packed.model.named_modules() if n}
     finally:
         torch.set_num_threads(old_threads)
@@ -166,6 +173,7 @@ def format_result(res: BenchResult, top: int = 0) -> str:
         lines.append(f"torch.compile unavailable: {res.compile_error}")
     lines.append(f"{'batch':>5} {'path':>8} {'best ms':>9} {'median ms':>10} {'img/s':>9} {'speedup':>8}")
     for b, row in res.timings.items():
+        lines.append(f"  (batch {b}: PyTorch input layout {res.eager_format.get(b, '?')})")
         for path, t in row.items():
             speed = row[path].median and row["eager"].median / t.median
             lines.append(f"{b:>5} {path:>8} {t.best * 1e3:>9.3f} {t.median * 1e3:>10.3f} {b / t.median:>9.1f} "
