@@ -277,6 +277,8 @@ def run_ablation(config: Union[PathLike, "TrainConfig"], variants: Sequence[str]
         train(p.config, resume=p.action == "resume")
     mapping = {p.run_dir: (p.variant, p.seed) for p in plan}
     result = collect(out, mapping=mapping)
+    result.meta = {"recipe": str(recipe), "extra_overrides": list(extra_overrides), "epochs": epochs,
+                   "seeds": [int(x) for x in seeds]}
     write_outputs(result, out)
     return result
 
@@ -325,6 +327,7 @@ class AblationResult:
     variants: list[VariantResult]
     incomplete: list[str] = field(default_factory=list)  # run dirs matched but not finished
     ignored: list[str] = field(default_factory=list)  # run dirs whose name the pattern does not match
+    meta: dict[str, Any] = field(default_factory=dict)  # recipe, extra overrides, epochs (run_ablation)
 
     def __getitem__(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -498,7 +501,7 @@ def _result_dict(result: AblationResult) -> dict[str, Any]:
     runs = [{"variant": r.variant, "seed": r.seed, "run_dir": str(r.run_dir), "epochs": r.epochs,
              "final_top1": r.final_top1, "best_top1": r.best_top1, "best_epoch": r.best_epoch,
              "dead_weight": r.dead_weight} for v in result.variants for r in v.runs]
-    return {"std": "sample standard deviation (n - 1) over seeds; null for one seed",
+    return {"std": "sample standard deviation (n - 1) over seeds; null for one seed", "meta": result.meta,
             "variants": variants, "runs": runs, "incomplete": result.incomplete, "ignored": result.ignored}
 
 
@@ -507,7 +510,11 @@ def _markdown(result: AblationResult) -> str:
              "Test top-1 (%) as mean ± sample std over seeds (\"-\": one seed). *final* = last epoch, "
              "*best* = best test epoch (selects on the test set). Dead-weight columns: last epoch, "
              "mean over seeds, all binary layers: flips = share of weights whose sign changed in that epoch, "
-             "never flipped = share that never changed sign since the start, clamped = share beyond ±Q.", "",
+             "never flipped = share that never changed sign since the start, clamped = share beyond ±Q.", ""]
+    if result.meta:
+        extra = " ".join(f"`{o}`" for o in result.meta.get("extra_overrides") or []) or "none"
+        lines += [f"Recipe `{result.meta.get('recipe')}`, overrides for every run: {extra}.", ""]
+    lines += [
              "| variant | epochs | seeds | final top-1 | best top-1 | flips (%) | never flipped (%) | clamped (%) |",
              "|---|---|---|---|---|---|---|---|"]
     for v in result.variants:
@@ -520,7 +527,8 @@ def _markdown(result: AblationResult) -> str:
         ov = "(not a known variant)" if v.overrides is None else (
             "model = full-precision twin" if v.name == "fp" else (", ".join(f"`{o}`" for o in v.overrides) or "-"))
         lines.append(f"| {v.name} | {ov} |")
-    lines += ["", "## Runs", "", "| variant | seed | final top-1 | best top-1 | best epoch | run |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", "| variant | seed | final top-1 | best top-1 | best epoch (0-based) | run |",
+              "|---|---|---|---|---|---|"]
     for v in result.variants:
         for r in v.runs:
             lines.append(f"| {v.name} | {r.seed} | {r.final_top1:.2f} | {r.best_top1:.2f} | {r.best_epoch} | "
@@ -591,8 +599,11 @@ def write_outputs(result: AblationResult, out_dir: PathLike) -> list[Path]:
 def format_variants() -> str:
     """The variant table and the groups, for ``recu ablate --list``."""
     width = max(len(n) for n in VARIANTS)
-    lines = [f"{n:<{width}}  {' '.join(v.overrides) if v.overrides else ('model=<recipe model>_fp' if v.full_precision else '(recipe as is)')}"
-             f"\n{'':<{width}}    {v.question}" for n, v in VARIANTS.items()]
+    lines = []
+    for n, v in VARIANTS.items():
+        fallback = "model=<the recipe model's _fp twin>" if v.full_precision else "(recipe as is)"
+        what = " ".join(v.overrides) or fallback
+        lines.append(f"{n:<{width}}  {what}\n{'':<{width}}    {v.question}")
     lines.append("")
     lines += [f"group {g}: {' '.join(vs)}" for g, vs in GROUPS.items() if g != "all"]
     lines.append("group all: every variant")
