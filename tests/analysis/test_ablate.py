@@ -268,7 +268,7 @@ def test_collect_hand_written_runs(tmp_path: Path) -> None:
     default = A.collect(tmp_path)  # {variant}_s{seed}: the budget becomes part of the name
     assert [v.name for v in default.variants] == ["r20_clampste_e3", "r20_recu_e10", "r20_recu_e3"]
     _fake_run(tmp_path / "only" / "recu_s0", [40.0], 3)
-    with pytest.raises(ValueError, match="no finished runs.*incomplete"):
+    with pytest.raises(ValueError, match="no finished runs.*unfinished"):
         A.collect(tmp_path / "only")
 
 

@@ -429,8 +429,10 @@ def collect(out_dir: PathLike, pattern: Optional[str] = None,
             raise ValueError(f"variant {variant} seed {seed} appears twice ({d}); narrow the pattern")
         runs.append(run)
     if not by_variant:
-        raise ValueError(f"no finished runs found in {out}" + (f" (incomplete: {incomplete})" if incomplete else "")
-                         + (f"; names not matching the pattern: {[Path(p).name for p in ignored]}" if ignored else ""))
+        why = f"; unfinished: {incomplete}" if incomplete else ""
+        if ignored:
+            why += f"; names not matching the pattern: {[Path(p).name for p in ignored]}"
+        raise ValueError(f"no finished runs found in {out} (among its sub-folders holding a metrics.jsonl){why}")
     for name, runs in by_variant.items():
         if len({r.epochs for r in runs}) > 1:
             raise ValueError(f"variant {name} mixes budgets {sorted({r.epochs for r in runs})} epochs; "
