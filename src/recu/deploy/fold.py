@@ -28,29 +28,32 @@ def bn_foldable(bn: nn.Module) -> bool:
     )
 
 
-class _Tracer:
-    """fx tracer that keeps every ReCU layer as a leaf (their forward has input checks fx cannot trace)."""
+def _tracer(leaves: tuple[type, ...]):  # type: ignore[no-untyped-def]
+    """An fx tracer that keeps the ReCU layers and ``leaves`` as leaves (their forward is not traceable)."""
+    import torch.fx
 
-    def __new__(cls):  # type: ignore[no-untyped-def]
-        import torch.fx
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (BinaryLayer,) + leaves) or super().is_leaf_module(m, qualname)
 
-        class Tracer(torch.fx.Tracer):
-            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-                return isinstance(m, BinaryLayer) or super().is_leaf_module(m, qualname)
-
-        return Tracer()
+    return Tracer()
 
 
-def find_conv_bn_pairs(model: nn.Module, candidates: set[str]) -> dict[str, str]:
+def find_conv_bn_pairs(model: nn.Module, candidates: set[str], leaves: tuple[type, ...] = (),
+                       warn: bool = True) -> dict[str, str]:
     """``{conv_name: bn_name}`` for the layers in ``candidates`` whose sole consumer is a foldable BN.
 
-    Returns ``{}`` (and warns) when ``model`` cannot be traced with ``torch.fx``.
+    ``leaves``: more module types fx must not trace into. Returns ``{}`` (and warns, if ``warn``)
+    when ``model`` cannot be traced with ``torch.fx``.
     """
+    if not candidates:
+        return {}
     try:
-        graph = _Tracer().trace(model)
+        graph = _tracer(leaves).trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure means: do not fold
-        warnings.warn(f"recu.deploy: torch.fx could not trace the model ({type(e).__name__}: {e}); "
-                      "BatchNorm layers are not folded (results stay exact)", RuntimeWarning, stacklevel=3)
+        if warn:
+            warnings.warn(f"recu.deploy: torch.fx could not trace the model ({type(e).__name__}: {e}); "
+                          "BatchNorm layers are not folded (results stay exact)", RuntimeWarning, stacklevel=3)
         return {}
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     modules = dict(model.named_modules())

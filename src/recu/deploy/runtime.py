@@ -168,8 +168,26 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _fuse_float_conv_bn(net: nn.Module) -> int:
+    """Fold eval BatchNorms into the full-precision convs that solely feed them (the stem, downsample convs).
+
+    Standard inference folding: it changes float results only by rounding (within 1e-6 relative),
+    and saves a full pass over the largest activations (the stem's). Returns how many were folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .fold import find_conv_bn_pairs
+
+    convs = {n for n, m in net.named_modules() if type(m) is nn.Conv2d}
+    pairs = find_conv_bn_pairs(net, convs, leaves=(PackedConv2d,), warn=False)
+    for conv_name, bn_name in pairs.items():
+        _replace(net, conv_name, fuse_conv_bn_eval(net.get_submodule(conv_name), net.get_submodule(bn_name)))
+        _replace(net, bn_name, nn.Identity())
+    return len(pairs)
+
+
 def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None,
-         num_threads: Optional[int] = None) -> PackedModel:
+         num_threads: Optional[int] = None, fuse_float: bool = True) -> PackedModel:
     """Load a deployment file as a packed CPU inference model.
 
     Args:
@@ -178,6 +196,8 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
             without a ``recu.models`` spec. It is copied, not modified.
         impl: kernel path (``auto``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
         num_threads: kernel threads; None follows ``torch.get_num_threads()`` at each call.
+        fuse_float: also fold BatchNorms into the full-precision convs that feed them (exact up to
+            float rounding); the binary layers are exact either way.
     """
     from safetensors import safe_open
 
@@ -210,4 +230,6 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
         raise ValueError(f"the file does not match the model skeleton: missing {sorted(missing)[:8]}, "
                          f"unexpected {sorted(unexpected)[:8]}")
     net.eval()
+    if fuse_float:
+        _fuse_float_conv_bn(net)
     return PackedModel(net, meta, num_threads)
