@@ -41,6 +41,8 @@ CASES = [  # (C_in, C_out, k, stride, padding, H, W)
     (130, 8, 3, 1, 2, 6, 5),
     (16, 12, 5, 1, 2, 3, 3),   # kernel larger than the input: padding-only taps everywhere
     (32, 24, 3, 2, 0, 10, 13),
+    (70, 40, 3, 1, 1, 9, 11),  # two 16-channel blocks + a last block of 8
+    (64, 64, 3, 2, 1, 12, 12),
 ]
 
 
@@ -83,16 +85,18 @@ def test_channels_last_input_and_border_values(impl: str, threading_mode: str) -
 
 
 @pytest.mark.parametrize("impl", PATHS)
-def test_affine_output(impl: str) -> None:
-    x, w = torch.randn(2, 40, 6, 6), torch.randn(10, 40, 3, 3)
+@pytest.mark.parametrize("o", [10, 32, 40])  # partial block of 8; whole blocks of 16; 16 + 16 + 8
+def test_affine_output(impl: str, o: int) -> None:
+    x, w = torch.randn(2, 40, 9, 10), torch.randn(o, 40, 3, 3)
     weights = K.PackedConvWeights(P.pack_weights(w), 40)
     a = P.pack_activations(x, impl)
-    scale = np.random.default_rng(0).normal(size=10).astype(np.float32)
-    bias = np.random.default_rng(1).normal(size=10).astype(np.float32)
+    scale = np.random.default_rng(0).normal(size=o).astype(np.float32)
+    bias = np.random.default_rng(1).normal(size=o).astype(np.float32)
     dot = K.binary_conv2d(a, weights, 2, 1, impl=impl)
     y = K.binary_conv2d(a, weights, 2, 1, impl=impl, scale=scale, bias=bias)
     assert y.dtype == np.float32
-    np.testing.assert_allclose(y, dot * scale + bias, rtol=1e-6, atol=1e-5)
+    # float32 multiply then add, no FMA contraction: bit-identical to NumPy's float32 arithmetic
+    assert np.array_equal(y, dot.astype(np.float32) * scale + bias)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
