@@ -5,10 +5,11 @@ function is first called (and then it is loaded from numba's on-disk cache when 
 
 Two convolution kernels share one contract (see :func:`conv_fast` for the arguments):
 
-- ``conv_fast``: weights blocked as ``(ceil(C_out / 8), KH, KW, CW, 8)`` so that one activation
-  word meets 8 output channels at once. The 8 accumulators are scalars the SLP vectoriser merges
-  into one 512-bit register: the inner step is load 8 weight words, XOR with the broadcast
-  activation word, ``vpopcntq``, ``vpaddq`` - 512 binary multiply-accumulates per popcount.
+- ``conv_fast``: weights blocked as ``(ceil(C_out / 8), KH, KW, CW, 8)`` so that one 512-bit load
+  holds one word of 8 output channels. The loop nest over kernel rows and words is emitted as LLVM
+  vector IR (:func:`_make_xnor_rows`): a register block of 4 output pixels x 16 output channels, each
+  step XOR of a weight vector with a broadcast activation word, ``vpopcntq``, ``vpaddq`` - 512
+  binary multiply-accumulates per popcount - and the results written from the registers.
 - ``conv_portable``: canonical weights ``(C_out, KH, KW, CW)``, one output channel at a time and a
   bit-trick (SWAR) popcount, so it relies on no popcount instruction at all.
 
@@ -69,19 +70,6 @@ def _prefer_512_bit(fn) -> None:  # type: ignore[no-untyped-def]
     """
     for attr in _WIDE_VECTOR_ATTRS:
         set.add(fn.attributes, attr)
-
-
-@intrinsic
-def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
-    """LLVM ``ctpop`` on a uint64, typed int64 so sums stay integers (uint64 + int64 is float in numba)."""
-    if x != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        _prefer_512_bit(builder.function)
-        return builder.ctpop(args[0])
-
-    return types.int64(types.uint64), codegen
 
 
 def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ignore[no-untyped-def]

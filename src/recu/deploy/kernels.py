@@ -13,8 +13,9 @@ Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL
 
 - ``auto`` (default): ``avx512`` when numba is installed and the CPU has AVX-512 VPOPCNTDQ,
   else ``portable`` when numba is installed, else ``numpy``.
-- ``avx512``: the compiled 8-output-channel kernel; LLVM emits ``vpopcntq zmm`` for it on a CPU
-  with AVX-512 VPOPCNTDQ (checked by :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
+- ``avx512``: the compiled kernel blocked 4 output pixels x 16 output channels in 512-bit registers;
+  LLVM emits ``vpopcntq zmm`` for it on a CPU with AVX-512 VPOPCNTDQ (checked by
+  :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
   CPU (LLVM lowers ``ctpop`` to what the CPU has), but selecting it explicitly on a CPU without
   VPOPCNTDQ is refused so a benchmark never silently measures the wrong thing.
 - ``portable``: compiled, one output channel at a time, popcount by shifts and masks.
