@@ -163,3 +163,14 @@ def test_file_is_safetensors_with_versioned_metadata(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(1)}, str(plain))
     with pytest.raises(ValueError, match="not a recu deployment file"):
         load(plain)
+
+
+def test_wrapped_model_exports_its_inner_module(tmp_path: Path) -> None:
+    model = randomize(models.create("resnet20_1w1a"))
+    path = tmp_path / "dp.recu"
+    meta = export(nn.DataParallel(model), path)
+    assert meta["model_spec"]["name"] == "resnet20_1w1a"
+    assert not any(k.startswith("module.") for k in meta["float_keys"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load(path)(x), model(x), rtol=1e-4, atol=1e-5)

@@ -92,6 +92,17 @@ def _json_safe(obj: Any) -> Any:
         raise ValueError(f"model spec is not JSON-serialisable: {e}") from None
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside ``torch.compile`` / DataParallel / DDP wrappers (their keys carry prefixes)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def export(
     model: nn.Module,
     path: Union[str, os.PathLike],
@@ -112,6 +123,7 @@ def export(
     """
     from safetensors.torch import save_file
 
+    model = _unwrap(model)
     spec = spec if spec is not None else getattr(model, "recu_spec", None)
     modules = dict(model.named_modules())
     binary = {n: m for n, m in modules.items() if isinstance(m, BinaryLayer)}
