@@ -279,10 +279,13 @@ class Trainer:
                         self.best_top1, self.best_epoch = test["top1"], epoch
                 if self.dist.is_main:
                     monitor: dict[str, Any] = {}
+                    started = time.perf_counter()
                     for cb in self.callbacks:
                         monitor.update(cb.on_epoch_end(self.model, epoch) or {})
                     if monitor:
                         record["monitor"] = monitor
+                        # the monitor's cost, to compare with epoch_time_s
+                        record["monitor_time_s"] = time.perf_counter() - started
                     state = self._state(epoch, record)
                     save_checkpoint(state, self.run_dir / "last.pt")
                     if self.best_epoch == epoch:
