@@ -9,7 +9,7 @@ Baselines, all with the same thread count (``--threads``, default 1 and 2):
 - ``fp_resnet18``: the full-precision ``resnet18_fp_imagenet`` in eager mode (what one would deploy
   without binarisation).
 
-    python benchmarks/deploy_resnet.py [--threads 1 2] [--batch 1] [--repeat 20] [--no-compile]
+    python benchmarks/deploy_resnet.py [--threads 1 2] [--batch 1] [--repeat 20] [--no-compile] [--fuse-float]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--per-layer", action="store_true", help="print the per-layer table")
+    ap.add_argument("--fuse-float", action="store_true",
+                    help="load with fuse_float=True (BN folded into the float stem/downsample convs too)")
     args = ap.parse_args()
 
     model = models.create("resnet18_1w1a_imagenet", num_classes=1000).eval()
@@ -41,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r18.recu"
         export(model, path)
-        packed = load(path)
+        packed = load(path, fuse_float=args.fuse_float)
     for threads in args.threads:
         res = run_benchmark(packed, SHAPE, tuple(args.batch), threads=threads, repeat=args.repeat,
                             use_compile=not args.no_compile, per_layer=args.per_layer)

@@ -67,6 +67,7 @@ def test_network_exact(tmp_path: Path, name: str, size: int, n_binary: int, impl
     # Integer outputs of every packed layer == F.conv2d(sign(A), sign(W - mean W)) on the same input.
     inputs = layer_inputs(model, x)
     layers = dict(binary_layers(model))
+    meta_folded = {conv: bn for bn, conv in meta["folded_bn"].items()}
     for lname, p in packed.packed_layers():
         ref = layers[lname]
         a = inputs[lname]
@@ -76,11 +77,20 @@ def test_network_exact(tmp_path: Path, name: str, size: int, n_binary: int, impl
         assert got.dtype == torch.int32
         assert torch.equal(got, want.round().to(torch.int32)), lname
 
+        # Float output too: packed layer (alpha and BN in its epilogue) == PyTorch's layer then BN, bit for bit.
+        bn = dict(model.named_modules())[meta_folded[lname]]
+        with torch.no_grad():
+            want_f = bn(ref(a))
+        assert torch.equal(p(a), want_f), lname
+
     with torch.no_grad():
         want = model(x)
     got = packed(x)
     assert got.shape == want.shape
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    # Given the memory format the packed model runs in, the logits are bit-identical.
+    with torch.no_grad():
+        assert torch.equal(got, model(x.contiguous(memory_format=torch.channels_last)))
 
 
 def test_resnet18_file_is_20x_smaller(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
     b.add_argument("--kernel", choices=["auto", "avx512", "portable", "numpy"], help="kernel path")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    b.add_argument("--fuse-float", action="store_true",
+                   help="fold BatchNorms into the full-precision convs too (faster; float rounding differs)")
     b.add_argument("--top", type=int, default=0, help="show only the N slowest layers (default: all)")
     b.set_defaults(func=_bench)
 
@@ -78,7 +80,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ..deploy.bench import format_result, run_benchmark
 
     if os.path.isfile(args.target):
-        packed = load(args.target, impl=args.kernel)
+        packed = load(args.target, impl=args.kernel, fuse_float=args.fuse_float)
         spec = packed.metadata.get("model_spec") or {}
         name = spec.get("name", "")
     else:
@@ -91,7 +93,7 @@ def _bench(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.recu"
             export(model, path)
-            packed = load(path, impl=args.kernel)
+            packed = load(path, impl=args.kernel, fuse_float=args.fuse_float)
     shape = tuple(args.input_size) if args.input_size else ((3, 224, 224) if _is_imagenet(name) else (3, 32, 32))
     res = run_benchmark(packed, shape, tuple(args.batch), threads=args.threads, repeat=args.repeat,
                         use_compile=not args.no_compile)

@@ -80,11 +80,12 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
         acc[8 (b * pixels + p) + lane] = sum_{k < rows} sum_{t < n}
             popcount(a[aoff + k * arow + p * astep + t] XOR wb[woff + b * wblk + k * wrow + 8t + lane])
 
-    With ``store``, the intrinsic takes ``(..., n, acc, out_i, out_f, scale, bias, dst, ostride, o0,
-    valid, affine)`` and, instead of filling ``acc``, writes ``dot = valid - 2 * acc`` for all lanes
-    straight to the flat NHWC output at ``dst + o0 + p * ostride + 8 * b`` (int32, or float32
-    ``scale[o0 + 8b + lane] * dot + bias[...]`` when ``affine``): a vector convert, multiply, add and
-    store per 8 channels, where the numba-level write of the same values cost ~40% of the kernel.
+    With ``store``, the intrinsic takes ``(..., n, acc, out_i, out_f, epi, dst, ostride, o0, valid,
+    affine)`` and, instead of filling ``acc``, writes ``dot = valid - 2 * acc`` for all lanes straight
+    to the flat NHWC output at ``dst + o0 + p * ostride + 8 * b``: int32, or when ``affine`` the float32
+    :func:`epilogue` with ``epi`` the flat (4, C_out) table (``ostride`` = C_out). A few vector
+    instructions per 8 channels, where the numba-level write of the same values cost ~40% of the
+    kernel.
     Only for blocks whose 8 lanes are all real output channels.
 
     Written directly as LLVM vector IR: each <8 x i64> weight load feeds ``pixels`` XOR /
@@ -107,14 +108,12 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
     if store:
         @intrinsic
         def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc,  # type: ignore[no-untyped-def]
-                      out_i, out_f, scale, bias, dst, ostride, o0, valid, affine):
-            f32 = types.Array(types.float32, 1, "C")
+                      out_i, out_f, epi, dst, ostride, o0, valid, affine):
             if (not check(a, (aoff, astep, arow, woff, wrow, wblk, rows, n, dst, ostride, o0, valid), wb, acc)
                     or out_i != types.Array(types.int32, 4, "C") or out_f != types.Array(types.float32, 4, "C")
-                    or scale != f32 or bias != f32):
+                    or epi != types.Array(types.float32, 1, "C")):
                 return None
-            sig = types.void(a, i, i, i, wb, i, i, i, i, i, acc, out_i, out_f, scale, bias, i, i, i, i,
-                             types.boolean)
+            sig = types.void(a, i, i, i, wb, i, i, i, i, i, acc, out_i, out_f, epi, i, i, i, i, types.boolean)
             return sig, codegen
     else:
         @intrinsic
@@ -200,11 +199,11 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
             return context.get_dummy_value()
         oi_arr = context.make_array(signature.args[11])(context, builder, args[11])
         of_arr = context.make_array(signature.args[12])(context, builder, args[12])
-        sc_arr = context.make_array(signature.args[13])(context, builder, args[13])
-        bi_arr = context.make_array(signature.args[14])(context, builder, args[14])
-        dst_v, ostride_v, o0_v, valid_v, affine_v = args[15], args[16], args[17], args[18], args[19]
+        ep_arr = context.make_array(signature.args[13])(context, builder, args[13])
+        dst_v, ostride_v, o0_v, valid_v, affine_v = args[14], args[15], args[16], args[17], args[18]
         f32x8 = ir.VectorType(ir.FloatType(), 8)
         i32x8 = ir.VectorType(ir.IntType(32), 8)
+        fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32x8, [f32x8] * 3), "llvm.fma.v8f32")
         valid_splat = builder.shuffle_vector(
             builder.insert_element(undef, valid_v, ir.Constant(ir.IntType(32), 0)), undef, zero_mask)
         dots = [builder.sub(valid_splat, builder.shl(results[q], ir.Constant(vec, [1] * 8))) for q in range(count)]
@@ -214,15 +213,20 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
             return builder.add(builder.add(dst_v, o0_v),
                                builder.add(builder.mul(ostride_v, ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
 
+        def epi_vec(row: int, b: int):  # type: ignore[no-untyped-def]
+            # Row ``row`` of the (4, C_out) epilogue table, channels o0 + 8b ... o0 + 8b + 7.
+            at = builder.add(builder.mul(ostride_v, ir.Constant(i64, row)), builder.add(o0_v, ir.Constant(i64, 8 * b)))
+            return builder.load(builder.bitcast(builder.gep(ep_arr.data, [at]), f32x8.as_pointer()), align=4)
+
         with builder.if_else(affine_v) as (then, otherwise):
             with then:
                 for b in range(blocks):
-                    ch = builder.add(o0_v, ir.Constant(i64, 8 * b))
-                    sv = builder.load(builder.bitcast(builder.gep(sc_arr.data, [ch]), f32x8.as_pointer()), align=4)
-                    bv = builder.load(builder.bitcast(builder.gep(bi_arr.data, [ch]), f32x8.as_pointer()), align=4)
+                    alpha, bias, bn_scale, bn_shift = (epi_vec(k, b) for k in range(4))
                     for p in range(pixels):
                         q = b * pixels + p
-                        y = builder.fadd(builder.fmul(sv, builder.sitofp(dots[q], f32x8)), bv)
+                        # The same float32 steps as :func:`epilogue`.
+                        t = builder.fadd(builder.fmul(builder.sitofp(dots[q], f32x8), alpha), bias)
+                        y = builder.call(fma8, [t, bn_scale, bn_shift])
                         builder.store(y, builder.bitcast(builder.gep(of_arr.data, [dst_of(q)]),
                                                          f32x8.as_pointer()), align=4)
             with otherwise:
@@ -258,6 +262,32 @@ def sign_bits64(typingctx, x, off):  # type: ignore[no-untyped-def]
         return builder.bitcast(mask, ir.IntType(64))
 
     return sig, codegen
+
+
+@intrinsic
+def fma32(typingctx, x, y, z):  # type: ignore[no-untyped-def]
+    """float32 fused multiply-add ``x * y + z`` with one rounding (``llvm.fma.f32``)."""
+    if not (x == y == z == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fma(*args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@_jit(inline="always")
+def epilogue(dot, epi, c_out, o):  # type: ignore[no-untyped-def]
+    """Output channel ``o`` of a binary layer in eval mode, with PyTorch's float32 rounding steps.
+
+    ``epi`` is the flat (4, C_out) table of alpha, conv bias, BatchNorm scale a and shift b
+    (a = 1, b = 0 without a BatchNorm): ``fma(float32(dot) * alpha + bias, a, b)``. ``conv * alpha``
+    and ``+ bias`` round like the layer's own ops, and PyTorch's CPU BatchNorm kernel computes
+    ``fma(x, a, b)`` with ``a = gamma * rsqrt(var + eps)``, ``b = fma(-mean, a, beta)``, so the result
+    is bit-identical to the layer followed by its BatchNorm (checked by the tests); fma(t, 1, 0) = t.
+    """
+    t = np.float32(np.float32(np.float32(dot) * epi[o]) + epi[c_out + o])
+    return fma32(t, epi[2 * c_out + o], epi[3 * c_out + o])
 
 
 # Register block: 4 output pixels x 2 blocks of 8 output channels = 8 zmm accumulators, so each
@@ -387,13 +417,12 @@ def block_weights(bits: np.ndarray) -> np.ndarray:
 
 
 @_jit(inline="always")
-def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     if o0 + 8 <= c_out:  # constant trip count: LLVM writes 8 lanes with a few vector instructions
         for p in range(pixels):
             if affine:
                 for lane in range(8):
-                    out_f[n, oh, ow + p, o0 + lane] = np.float32(
-                        scale[o0 + lane] * np.float32(valid - 2 * acc[8 * p + lane]) + bias[o0 + lane])
+                    out_f[n, oh, ow + p, o0 + lane] = epilogue(valid - 2 * acc[8 * p + lane], epi, c_out, o0 + lane)
             else:
                 for lane in range(8):
                     out_i[n, oh, ow + p, o0 + lane] = valid - 2 * acc[8 * p + lane]
@@ -403,13 +432,13 @@ def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, scale, bias, o
             dot = valid - 2 * acc[8 * p + lane]
             o = o0 + lane
             if affine:
-                out_f[n, oh, ow + p, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
+                out_f[n, oh, ow + p, o] = epilogue(dot, epi, c_out, o)
             else:
                 out_i[n, oh, ow + p, o] = dot
 
 
 @_jit()
-def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """Output row ``r`` (= n * OH + oh) of :func:`conv_fast`."""
     n_ = a.shape[0] // (h_ * w_ * cw_)
     ob_ = (c_out + 7) // 8
@@ -441,15 +470,15 @@ def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
                 valid = rows * kw_ * c_in
                 if o0 + 16 <= c_out:
                     xnor_store_4x2(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, wblk, rows, row, acc,
-                                   out_i, out_f, scale, bias, (r * ow_ + ow) * c_out, c_out, o0, valid, affine)
+                                   out_i, out_f, epi, (r * ow_ + ow) * c_out, c_out, o0, valid, affine)
                 elif two:
                     xnor_rows_4x2(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, wblk, rows, row, acc)
-                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
-                    _write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, out_i, scale, bias, out_f,
+                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, epi, out_f, affine)
+                    _write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, out_i, epi, out_f,
                                  affine)
                 else:
                     xnor_rows_4x1(a, abase, sw * cw_, w_ * cw_, wb, wofs, row * 8, wblk, rows, row, acc)
-                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                    _write_block(acc, blk, valid, n, oh, ow, o0, c_out, out_i, epi, out_f, affine)
                 ow += blk
             else:
                 kw0 = max(0, -iw0)
@@ -458,7 +487,7 @@ def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
                     abase = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * cw_
                     wofs = ((ob * kh_ + kh0) * row + kw0 * cw_) * 8
                     xnor_store_1x2(a, abase, 0, w_ * cw_, wb, wofs, row * 8, wblk, rows, (kw1 - kw0) * cw_, acc,
-                                   out_i, out_f, scale, bias, (r * ow_ + ow) * c_out, c_out, o0,
+                                   out_i, out_f, epi, (r * ow_ + ow) * c_out, c_out, o0,
                                    rows * (kw1 - kw0) * c_in, affine)
                     ow += 1
                     continue
@@ -471,37 +500,38 @@ def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
                     else:
                         xnor_rows_1x1(a, abase, 0, w_ * cw_, wb, wofs, row * 8, wblk, rows, (kw1 - kw0) * cw_, acc)
                 valid = rows * max(0, kw1 - kw0) * c_in
-                _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, scale, bias, out_f, affine)
+                _write_block(acc, 1, valid, n, oh, ow, o0, c_out, out_i, epi, out_f, affine)
                 if two:
-                    _write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, out_i, scale, bias, out_f, affine)
+                    _write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, out_i, epi, out_f, affine)
                 ow += 1
 
 
 @_jit(parallel=True)
-def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """Binary conv2d, 16 output channels x 4 output pixels per step, output rows across threads.
 
     a: uint64 (N*H*W*CW,) the packed NHWC input, flat. wb: uint64 (OB*KH*KW*CW*8,), the blocked
     weights (:func:`block_weights`), flat. (h_, w_, cw_) input geometry, (kh_, kw_) kernel size,
     c_in / c_out the true channel counts, (sh, sw) stride, (ph, pw) padding.
     affine False: out_i int32 (N, OH, OW, C_out) gets the dot products.
-    affine True: out_f float32 (N, OH, OW, C_out) gets scale[o] * dot + bias[o] (folded alpha/BN).
+    affine True: out_f float32 (N, OH, OW, C_out) gets :func:`epilogue` of the dot products, ``epi``
+    the flat (4, C_out) float32 table (alpha, conv bias, BatchNorm scale, BatchNorm shift).
     """
     rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
     for r in prange(rows):
-        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine)
 
 
 @_jit()
-def conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """:func:`conv_fast` on the calling thread."""
     rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
     for r in range(rows):
-        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+        _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine)
 
 
 @_jit()
-def _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     n_, h_, w_, cw_ = a.shape
     o_, kh_, kw_ = w.shape[0], w.shape[1], w.shape[2]
     oh_ = out_f.shape[1] if affine else out_i.shape[1]
@@ -524,22 +554,22 @@ def _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f,
                         s += popcount_swar(a[n, ih0 + kh, iw0 + kw, j] ^ w[o, kh, kw, j])
             dot = valid - 2 * s
             if affine:
-                out_f[n, oh, ow, o] = np.float32(scale[o] * np.float32(dot) + bias[o])
+                out_f[n, oh, ow, o] = epilogue(dot, epi, o_, o)
             else:
                 out_i[n, oh, ow, o] = dot
 
 
 @_jit(parallel=True)
-def conv_portable(a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def conv_portable(a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """Binary conv2d, one output channel at a time, SWAR popcount. w: uint64 (C_out, KH, KW, CW)."""
     rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
     for r in prange(rows):
-        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine)
 
 
 @_jit()
-def conv_portable_serial(a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine):  # type: ignore[no-untyped-def]
+def conv_portable_serial(a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """:func:`conv_portable` on the calling thread."""
     rows = out_f.shape[0] * out_f.shape[1] if affine else out_i.shape[0] * out_i.shape[1]
     for r in range(rows):
-        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, scale, bias, out_f, affine)
+        _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine)

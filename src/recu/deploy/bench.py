@@ -27,19 +27,20 @@ __all__ = ["FloatSignConv2d", "float_reference", "time_call", "Timing", "layer_t
 
 
 class FloatSignConv2d(nn.Module):
-    """The float32 PyTorch twin of a :class:`PackedConv2d`: ``conv2d(sign(x), w) * scale + bias``."""
+    """The float32 PyTorch twin of a :class:`PackedConv2d`: ``(conv2d(sign(x), w) * alpha + bias) * a + b``."""
 
     def __init__(self, packed: PackedConv2d) -> None:
         super().__init__()
         signs = unpack_signs_numpy(packed.weights.bits, packed.in_channels)  # (O, KH, KW, C)
         self.register_buffer("weight", torch.from_numpy(signs).permute(0, 3, 1, 2).float().contiguous())
-        self.register_buffer("scale", torch.from_numpy(packed.scale.copy()).reshape(1, -1, 1, 1))
-        self.register_buffer("bias", torch.from_numpy(packed.bias_.copy()).reshape(1, -1, 1, 1))
+        for k, v in packed.epilogue.items():
+            self.register_buffer(k, torch.from_numpy(v.copy()).reshape(1, -1, 1, 1))
         self.stride = packed.stride
         self.padding = packed.padding
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(RF.sign(x), self.weight, None, self.stride, self.padding) * self.scale + self.bias
+        y = F.conv2d(RF.sign(x), self.weight, None, self.stride, self.padding) * self.alpha + self.bias
+        return y * self.bn_scale + self.bn_shift
 
 
 def float_reference(packed: PackedModel) -> nn.Module:

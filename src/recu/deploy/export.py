@@ -2,9 +2,10 @@
 
 See ``docs/file-format.md`` for the format. In short: every packable binary convolution is stored
 as the 1-bit signs of its forward-pass weights, sign(W - mean_c W) (exactly the layer's
-``sign(clamped_weight())``), plus one float32 multiplier and bias per output channel into which
-the layer's scale alpha and, where the graph allows it exactly, the following BatchNorm are
-folded: ``y = scale * dot + bias``. Everything else is stored in float32 under its state_dict key.
+``sign(clamped_weight())``), plus four float32 vectors per output channel: its scale alpha, its
+bias and, where the graph shows the conv feeding a BatchNorm2d and nothing else, that BatchNorm as
+a scale and shift: ``y = fma(dot * alpha + bias, bn_scale, bn_shift)``, the eval forward's own
+float32 steps. Everything else is stored in float32 under its state_dict key.
 """
 
 from __future__ import annotations
@@ -61,27 +62,39 @@ def packable_reason(layer: nn.Module) -> Optional[str]:
 
 
 @dataclass
-class _Folded:
-    scale: np.ndarray
+class _Epilogue:
+    """Per-output-channel float32 vectors: y = fma(float32(dot) * alpha + bias, bn_scale, bn_shift)."""
+
+    alpha: np.ndarray
     bias: np.ndarray
+    bn_scale: np.ndarray
+    bn_shift: np.ndarray
 
 
 @torch.no_grad()
-def _affine(layer: ReCUConv2d, bn: Optional[nn.BatchNorm2d]) -> _Folded:
-    """Per-channel (scale, bias) with y = scale * dot + bias, computed in float64."""
+def _epilogue(layer: ReCUConv2d, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
+    """The layer's scale and bias and its BatchNorm as PyTorch's CPU kernel evaluates it.
+
+    The eval forward rounds ``conv * alpha`` and ``+ bias`` in float32, and PyTorch's CPU BatchNorm
+    computes ``fma(x, a, b)`` with ``a = gamma * rsqrt(var + eps)`` and ``b = fma(-mean, a, beta)``
+    (measured: bit-identical on this PyTorch, NCHW and channels_last). Keeping these steps instead of
+    one folded multiplier makes the packed layer's float output bit-identical too, so no sign of the
+    next binary layer's input can flip on a rounding difference.
+    """
     o = layer.out_channels
-    w2 = layer.clamped_weight()
-    s = layer.output_scale(w2)
-    scale = torch.ones(o, dtype=torch.float64) if s is None else s.detach().reshape(o).double().cpu()
-    bias = torch.zeros(o, dtype=torch.float64) if layer.bias is None else layer.bias.detach().double().cpu()
-    if bn is not None:
-        inv = 1.0 / torch.sqrt(bn.running_var.double().cpu() + bn.eps)
-        gamma = bn.weight.double().cpu() if bn.weight is not None else torch.ones(o, dtype=torch.float64)
-        beta = bn.bias.double().cpu() if bn.bias is not None else torch.zeros(o, dtype=torch.float64)
-        g = gamma * inv
-        scale = scale * g
-        bias = (bias - bn.running_mean.double().cpu()) * g + beta
-    return _Folded(scale.float().numpy(), bias.float().numpy())
+    s = layer.output_scale(layer.clamped_weight())
+    alpha = torch.ones(o) if s is None else s.detach().reshape(o).float().cpu()
+    bias = torch.zeros(o) if layer.bias is None else layer.bias.detach().float().cpu()
+    if bn is None:
+        a, b = torch.ones(o), torch.zeros(o)
+    else:
+        gamma = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones(o)
+        beta = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros(o)
+        mean, var = bn.running_mean.float().cpu(), bn.running_var.float().cpu()
+        a = gamma * torch.rsqrt(var + bn.eps)
+        # float32 fma(-mean, a, beta): the float64 product is exact, one rounding to float64, one to float32.
+        b = (beta.double() - mean.double() * a.double()).float()
+    return _Epilogue(*(t.contiguous().numpy() for t in (alpha, bias, a, b)))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -141,10 +154,10 @@ def export(
             with torch.no_grad():
                 w_sign = RF.sign(layer.clamped_weight())  # the forward pass's sign, +1 at 0
             bits = packbits_bytes(w_sign.permute(0, 2, 3, 1).cpu())  # (O, KH, KW, ceil(C/8))
-            aff = _affine(layer, bn)  # type: ignore[arg-type]
+            epi = _epilogue(layer, bn)  # type: ignore[arg-type]
             tensors[f"binary.{name}.bits"] = torch.from_numpy(np.ascontiguousarray(bits))
-            tensors[f"binary.{name}.scale"] = torch.from_numpy(aff.scale)
-            tensors[f"binary.{name}.bias"] = torch.from_numpy(aff.bias)
+            for key in ("alpha", "bias", "bn_scale", "bn_shift"):
+                tensors[f"binary.{name}.{key}"] = torch.from_numpy(getattr(epi, key))
             layers.append({
                 "name": name,
                 "in_channels": layer.in_channels,

@@ -46,6 +46,8 @@ __all__ = [
     "PackedConvWeights",
     "binary_conv2d",
     "binary_conv2d_numpy",
+    "epilogue_table",
+    "epilogue_numpy",
     "fast_kernel_asm",
     "fast_kernel_asm_has_vpopcntq",
     "set_num_threads",
@@ -182,6 +184,33 @@ def binary_conv2d_numpy(a: np.ndarray, weights: PackedConvWeights, stride: IntPa
     return dot.astype(np.int32)
 
 
+def epilogue_table(out_channels: int, scale: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
+                   bn_scale: Optional[np.ndarray] = None, bn_shift: Optional[np.ndarray] = None) -> np.ndarray:
+    """The flat float32 (4, C_out) table alpha, conv bias, BatchNorm scale, BatchNorm shift (defaults 1, 0, 1, 0)."""
+    rows = []
+    for name, v, default in (("scale", scale, 1.0), ("bias", bias, 0.0), ("bn_scale", bn_scale, 1.0),
+                             ("bn_shift", bn_shift, 0.0)):
+        if v is None:
+            rows.append(np.full(out_channels, default, dtype=np.float32))
+            continue
+        v = np.asarray(v, dtype=np.float32)
+        if v.shape != (out_channels,):
+            raise ValueError(f"{name} must have shape ({out_channels},), got {v.shape}")
+        rows.append(v)
+    return np.ascontiguousarray(np.stack(rows)).reshape(-1)
+
+
+def epilogue_numpy(dot: np.ndarray, epi: np.ndarray) -> np.ndarray:
+    """NumPy version of the kernels' float32 epilogue ``fma(float32(dot) * alpha + bias, a, b)``.
+
+    NumPy has no fused multiply-add; it is emulated in float64 (the product is exact there), which
+    can differ from a true float32 fma by one ulp in rare double-rounding cases.
+    """
+    alpha, bias, a, b = epi.reshape(4, -1)
+    t = (dot.astype(np.float32) * alpha).astype(np.float32) + bias
+    return (t.astype(np.float64) * a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+
+
 def binary_conv2d(
     a: np.ndarray,
     weights: PackedConvWeights,
@@ -191,21 +220,30 @@ def binary_conv2d(
     impl: Optional[str] = None,
     scale: Optional[np.ndarray] = None,
     bias: Optional[np.ndarray] = None,
+    bn_scale: Optional[np.ndarray] = None,
+    bn_shift: Optional[np.ndarray] = None,
     out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Binary conv2d of packed NHWC activations ``a`` (uint64 ``(N, H, W, ceil(C_in / 64))``).
 
-    Returns int32 dot products ``(N, OH, OW, C_out)``; with ``scale`` and ``bias`` (float32,
-    shape ``(C_out,)``) returns float32 ``scale * dot + bias`` computed in the kernel instead.
-    ``out`` may supply the output array (right shape and dtype, C-contiguous).
+    Returns int32 dot products ``(N, OH, OW, C_out)``. With ``scale`` (alpha) it returns float32
+    computed in the kernel, with the eval forward's rounding steps::
+
+        y = fma(float32(dot) * scale + bias, bn_scale, bn_shift)
+
+    (``bias`` the conv bias, default 0; ``bn_scale``/``bn_shift`` a following BatchNorm as
+    PyTorch evaluates it, ``gamma * rsqrt(var + eps)`` and ``fma(-mean, bn_scale, beta)``, default
+    1 and 0). All per-channel arrays are float32 of shape ``(C_out,)``. ``out`` may supply the
+    output array (right shape and dtype, C-contiguous).
     """
     a = np.ascontiguousarray(a, dtype=np.uint64)
     if a.ndim != 4 or a.shape[3] != weights.bits.shape[3]:
         raise ValueError(
             f"packed input must be (N, H, W, {weights.bits.shape[3]}) to match the weights, got {a.shape}"
         )
-    if (scale is None) != (bias is None):
-        raise ValueError("give both scale and bias (the folded affine), or neither")
+    affine = scale is not None
+    if not affine and not (bias is None and bn_scale is None and bn_shift is None):
+        raise ValueError("bias, bn_scale and bn_shift need scale (alpha; pass ones for none)")
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     if min(sh, sw) < 1 or min(ph, pw) < 0:
@@ -214,10 +252,13 @@ def binary_conv2d(
     n, h, w, _ = a.shape
     kh_, kw_ = weights.kernel_size
     shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
-    affine = scale is not None
+    epi = epilogue_table(weights.out_channels, scale, bias, bn_scale, bn_shift) if affine else np.empty(0, np.float32)
+    if out is not None and (out.shape != shape or out.dtype != (np.float32 if affine else np.int32)
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")
     if kind == "numpy":
         dot = binary_conv2d_numpy(a, weights, (sh, sw), (ph, pw))
-        res = (np.float32(1) * dot.astype(np.float32) * scale + bias).astype(np.float32) if affine else dot
+        res = epilogue_numpy(dot, epi) if affine else dot
         if out is not None:
             out[...] = res
             return out
@@ -226,25 +267,17 @@ def binary_conv2d(
 
     if out is None:
         out = np.empty(shape, dtype=np.float32 if affine else np.int32)
-    elif out.shape != shape or out.dtype != (np.float32 if affine else np.int32) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")
-    dummy_i = np.empty((1, 1, 1, 1), dtype=np.int32)
-    dummy_f = np.empty((1, 1, 1, 1), dtype=np.float32)
-    empty = np.empty(0, dtype=np.float32)
-    out_i, out_f = (dummy_i, out) if affine else (out, dummy_f)
-    sc = np.ascontiguousarray(scale, dtype=np.float32) if affine else empty
-    bi = np.ascontiguousarray(bias, dtype=np.float32) if affine else empty
-    if affine and (sc.shape != (weights.out_channels,) or bi.shape != (weights.out_channels,)):
-        raise ValueError(f"scale and bias must have shape ({weights.out_channels},)")
+    out_i = out if not affine else np.empty((1, 1, 1, 1), dtype=np.int32)
+    out_f = out if affine else np.empty((1, 1, 1, 1), dtype=np.float32)
     parallel = nk.use_threads(shape[0] * shape[1] * shape[2] * weights.bits.size // nk.LANES)
     if kind == "avx512":
         wb = weights.blocked()
         fn = nk.conv_fast if parallel else nk.conv_fast_serial
         fn(a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
-           weights.out_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+           weights.out_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
     else:
         fn = nk.conv_portable if parallel else nk.conv_portable_serial
-        fn(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, sc, bi, out_f, affine)
+        fn(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
     return out
 
 
@@ -261,8 +294,7 @@ def fast_kernel_asm() -> str:
     twin = njit(cache=False)(nk._conv_fast_row.py_func)  # the row function holds the whole loop nest
     w = PackedConvWeights(np.zeros((8, 1, 1, 1), dtype=np.uint64), 64)
     twin(0, np.zeros(1, np.uint64), w.blocked().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
-         np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.empty(0, np.float32),
-         np.zeros((1, 1, 1, 1), np.float32), False)
+         np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.zeros((1, 1, 1, 1), np.float32), False)
     return "\n".join(twin.inspect_asm().values())
 
 
