@@ -184,3 +184,15 @@ def test_wrapped_model_exports_its_inner_module(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(load(path)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_reference_path_runs_the_whole_network(tmp_path: Path) -> None:
+    model = randomize(models.create("resnet20_1w1a"))
+    path = tmp_path / "r20.recu"
+    export(model, path)
+    x = torch.randn(1, 3, 32, 32)
+    ref = load(path, impl="numpy")
+    assert all(p.impl == "numpy" for _, p in ref.packed_layers())
+    with torch.no_grad():
+        # NumPy emulates the float32 fma in float64 (rare one-ulp double rounding), hence allclose.
+        assert torch.allclose(ref(x), model(x.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)

@@ -68,8 +68,11 @@ def _prefer_512_bit(fn) -> None:  # type: ignore[no-untyped-def]
     ``vpopcntq``; these per-function attributes lift that for the kernels alone, leaving the rest
     of the process's numba code as it was. llvmlite only lists enum attributes, hence ``set.add``.
     """
-    for attr in _WIDE_VECTOR_ATTRS:
-        set.add(fn.attributes, attr)
+    try:
+        for attr in _WIDE_VECTOR_ATTRS:
+            set.add(fn.attributes, attr)
+    except (AttributeError, TypeError):  # another llvmlite: only speed is lost, results are the same
+        pass
 
 
 def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ignore[no-untyped-def]
