@@ -222,6 +222,7 @@ def binary_conv2d(
     bias: Optional[np.ndarray] = None,
     bn_scale: Optional[np.ndarray] = None,
     bn_shift: Optional[np.ndarray] = None,
+    epilogue: Optional[np.ndarray] = None,
     out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Binary conv2d of packed NHWC activations ``a`` (uint64 ``(N, H, W, ceil(C_in / 64))``).
@@ -233,7 +234,8 @@ def binary_conv2d(
 
     (``bias`` the conv bias, default 0; ``bn_scale``/``bn_shift`` a following BatchNorm as
     PyTorch evaluates it, ``gamma * rsqrt(var + eps)`` and ``fma(-mean, bn_scale, beta)``, default
-    1 and 0). All per-channel arrays are float32 of shape ``(C_out,)``. ``out`` may supply the
+    1 and 0). All per-channel arrays are float32 of shape ``(C_out,)``. ``epilogue`` may give the
+    four at once as built by :func:`epilogue_table` (a layer builds it once). ``out`` may supply the
     output array (right shape and dtype, C-contiguous).
     """
     a = np.ascontiguousarray(a, dtype=np.uint64)
@@ -241,8 +243,10 @@ def binary_conv2d(
         raise ValueError(
             f"packed input must be (N, H, W, {weights.bits.shape[3]}) to match the weights, got {a.shape}"
         )
-    affine = scale is not None
-    if not affine and not (bias is None and bn_scale is None and bn_shift is None):
+    affine = scale is not None or epilogue is not None
+    if epilogue is not None and scale is not None:
+        raise ValueError("give either epilogue or scale/bias/bn_scale/bn_shift, not both")
+    if scale is None and not (bias is None and bn_scale is None and bn_shift is None):
         raise ValueError("bias, bn_scale and bn_shift need scale (alpha; pass ones for none)")
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
@@ -252,7 +256,14 @@ def binary_conv2d(
     n, h, w, _ = a.shape
     kh_, kw_ = weights.kernel_size
     shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
-    epi = epilogue_table(weights.out_channels, scale, bias, bn_scale, bn_shift) if affine else np.empty(0, np.float32)
+    if epilogue is not None:
+        epi = epilogue
+        if epi.dtype != np.float32 or epi.shape != (4 * weights.out_channels,) or not epi.flags.c_contiguous:
+            raise ValueError(f"epilogue must be a contiguous float32 array of shape ({4 * weights.out_channels},)")
+    elif affine:
+        epi = epilogue_table(weights.out_channels, scale, bias, bn_scale, bn_shift)
+    else:
+        epi = np.empty(0, np.float32)
     if out is not None and (out.shape != shape or out.dtype != (np.float32 if affine else np.int32)
                             or not out.flags.c_contiguous):
         raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")

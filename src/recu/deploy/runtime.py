@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
-from .kernels import PackedConvWeights, binary_conv2d, output_size, resolve_kernel, set_num_threads
+from .kernels import PackedConvWeights, binary_conv2d, epilogue_table, output_size, resolve_kernel, set_num_threads
 from .pack import pack_activations, unpackbits_bytes
 
 __all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata", "build_model"]
@@ -50,6 +50,7 @@ class PackedConv2d(nn.Module):
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.impl = impl
+        self._table = epilogue_table(weights.out_channels, *(self.epilogue[k] for k in self.EPILOGUE))
 
     @property
     def in_channels(self) -> int:
@@ -78,9 +79,7 @@ class PackedConv2d(nn.Module):
         shape = (n, output_size(h, kh, self.stride[0], self.padding[0]),
                  output_size(w, kw, self.stride[1], self.padding[1]), self.out_channels)
         out = np.empty(shape, dtype=np.float32)
-        e = self.epilogue
-        binary_conv2d(a, self.weights, self.stride, self.padding, impl=self.impl, scale=e["alpha"], bias=e["bias"],
-                      bn_scale=e["bn_scale"], bn_shift=e["bn_shift"], out=out)
+        binary_conv2d(a, self.weights, self.stride, self.padding, impl=self.impl, epilogue=self._table, out=out)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
