@@ -6,15 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recu import ReCUConv2d, binary_layers
+from recu import ReCUConv2d, binary_layers, models
 from recu import functional as RF
-from recu import models
 from recu.deploy import PackedConv2d, export, load, read_metadata
 from recu.deploy.kernels import has_vpopcntdq, numba_available
 

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 # Imported eagerly so that the package attribute ``export`` is the function, not the submodule.
 from .export import export
-from .kernels import PackedConvWeights, binary_conv2d, binary_conv2d_numpy, resolve_kernel
+from .kernels import (
+    PackedConvWeights,
+    binary_conv2d,
+    binary_conv2d_numpy,
+    resolve_kernel,
+)
 from .runtime import PackedConv2d, PackedModel, load, read_metadata
 
 __all__ = [

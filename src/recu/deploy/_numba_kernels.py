@@ -354,7 +354,7 @@ def pack_nhwc_serial(x, c_, out):  # type: ignore[no-untyped-def]
 
 @_jit()
 def _pack_nchw_row(r, x, out):  # type: ignore[no-untyped-def]
-    n_, c_, h_, w_ = x.shape
+    _, c_, h_, w_ = x.shape
     cw_ = out.shape[3]
     n = r // h_
     h = r - n * h_
@@ -443,7 +443,6 @@ def _write_block(acc, pixels, valid, n, oh, ow, o0, c_out, out_i, epi, out_f, af
 @_jit()
 def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
     """Output row ``r`` (= n * OH + oh) of :func:`conv_fast`."""
-    n_ = a.shape[0] // (h_ * w_ * cw_)
     ob_ = (c_out + 7) // 8
     oh_ = out_f.shape[1] if affine else out_i.shape[1]
     ow_ = out_f.shape[2] if affine else out_i.shape[2]
@@ -535,7 +534,7 @@ def conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, 
 
 @_jit()
 def _conv_portable_row(r, a, w, c_in, sh, sw, ph, pw, out_i, epi, out_f, affine):  # type: ignore[no-untyped-def]
-    n_, h_, w_, cw_ = a.shape
+    _, h_, w_, cw_ = a.shape
     o_, kh_, kw_ = w.shape[0], w.shape[1], w.shape[2]
     oh_ = out_f.shape[1] if affine else out_i.shape[1]
     ow_ = out_f.shape[2] if affine else out_i.shape[2]

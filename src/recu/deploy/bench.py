@@ -144,14 +144,15 @@ def run_benchmark(packed: PackedModel, input_shape: tuple[int, ...], batches: tu
                 got = packed(x)
                 res.max_rel_diff = max(res.max_rel_diff,
                                        float((got - want).abs().max() / want.abs().max().clamp_min(1e-12)))
-                row = {"packed": time_call(lambda: packed(x), repeat)}
+                row = {"packed": time_call(lambda x=x: packed(x), repeat)}
                 # PyTorch gets its faster memory format (oneDNN prefers one or the other per shape).
-                eager = {torch.contiguous_format: time_call(lambda: ref(x), repeat),
-                         torch.channels_last: time_call(lambda: ref(xc), repeat)}
+                eager = {torch.contiguous_format: time_call(lambda x=x: ref(x), repeat),
+                         torch.channels_last: time_call(lambda xc=xc: ref(xc), repeat)}
                 fmt = min(eager, key=lambda f: eager[f].median)
                 row["eager"] = eager[fmt]
                 if compiled is not None:
-                    row["compile"] = time_call(lambda: compiled(x if fmt == torch.contiguous_format else xc), repeat)
+                    xr = x if fmt == torch.contiguous_format else xc
+                    row["compile"] = time_call(lambda xr=xr: compiled(xr), repeat)
             res.timings[b] = row
             res.eager_format[b] = "channels_last" if fmt == torch.channels_last else "NCHW"
         if per_layer:
@@ -168,15 +169,15 @@ def run_benchmark(packed: PackedModel, input_shape: tuple[int, ...], batches: tu
 
 def format_result(res: BenchResult, top: int = 0) -> str:
     """A plain-text report: one line per batch size, then the per-layer table (``top`` > 0 limits it)."""
-    lines = [f"threads {res.threads}, input {res.input_shape}, packed vs float max relative difference "
-             f"{res.max_rel_diff:.2e}"]
+    lines = [(f"threads {res.threads}, input {res.input_shape}, packed vs float max relative difference "
+              f"{res.max_rel_diff:.2e}")]
     if res.compile_error:
         lines.append(f"torch.compile unavailable: {res.compile_error}")
     lines.append(f"{'batch':>5} {'path':>8} {'best ms':>9} {'median ms':>10} {'img/s':>9} {'speedup':>8}")
     for b, row in res.timings.items():
         lines.append(f"  (batch {b}: PyTorch input layout {res.eager_format.get(b, '?')})")
         for path, t in row.items():
-            speed = row[path].median and row["eager"].median / t.median
+            speed = t.median and row["eager"].median / t.median
             lines.append(f"{b:>5} {path:>8} {t.best * 1e3:>9.3f} {t.median * 1e3:>10.3f} {b / t.median:>9.1f} "
                          f"{speed:>7.2f}x")
     if res.layers_packed:

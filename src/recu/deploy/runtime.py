@@ -24,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
-from .kernels import PackedConvWeights, binary_conv2d, epilogue_table, output_size, resolve_kernel, set_num_threads
+from .kernels import (
+    PackedConvWeights,
+    binary_conv2d,
+    epilogue_table,
+    output_size,
+    resolve_kernel,
+    set_num_threads,
+)
 from .pack import pack_activations, unpackbits_bytes
 
 __all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata", "build_model"]
