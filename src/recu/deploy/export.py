@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -142,6 +143,12 @@ def export(
     binary = {n: m for n, m in modules.items() if isinstance(m, BinaryLayer)}
     packed = {n: m for n, m in binary.items() if packable_reason(m) is None}
     unpacked = {n: packable_reason(m) for n, m in binary.items() if n not in packed}
+    rounded = [n for n, m in packed.items() if getattr(m.config, "compute_dtype", "float32") != "float32"]
+    if rounded:
+        warnings.warn(f"recu.deploy: {len(rounded)} binary layers (e.g. {rounded[0]}) compute in "
+                      f"{packed[rounded[0]].config.compute_dtype} in PyTorch, which rounds large dot products; "
+                      "the packed layers use the exact integer dot products, so outputs can differ slightly",
+                      RuntimeWarning, stacklevel=2)
     was_training = model.training
     model.eval()
     try:
