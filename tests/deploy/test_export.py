@@ -194,3 +194,20 @@ def test_numpy_reference_path_runs_the_whole_network(tmp_path: Path) -> None:
     with torch.no_grad():
         # NumPy emulates the float32 fma in float64 (rare one-ulp double rounding), hence allclose.
         assert torch.allclose(ref(x), model(x.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recu.deploy import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every kernel on numba's worker threads
+    model = randomize(models.create("resnet20_1w1a"))
+    export(model, tmp_path / "r20.recu")
+    packed = load(tmp_path / "r20.recu", num_threads=2)
+    xs = [torch.randn(2, 3, 32, 32) for _ in range(6)]
+    with torch.no_grad():
+        want = [model(x.contiguous(memory_format=torch.channels_last)) for x in xs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(packed, xs))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))

@@ -23,6 +23,7 @@ compare floats, where ``nnan`` could change the sign given to NaN.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numba
@@ -391,15 +392,29 @@ def pack_nchw_tensor(x: torch.Tensor) -> np.ndarray:
     parallel = use_threads(x.numel() // 16)
     nhwc = x.permute(0, 2, 3, 1)
     if nhwc.is_contiguous():  # channels_last: the layout the packed model keeps between layers
-        (pack_nhwc if parallel else pack_nhwc_serial)(nhwc.numpy().reshape(-1), c, out.reshape(-1, out.shape[3]))
+        launch(pack_nhwc if parallel else pack_nhwc_serial, nhwc.numpy().reshape(-1), c, out.reshape(-1, out.shape[3]))
     else:
-        (pack_nchw if parallel else pack_nchw_serial)(x.contiguous().numpy(), out)
+        launch(pack_nchw if parallel else pack_nchw_serial, x.contiguous().numpy(), out)
     return out
 
 
 # Below this many inner-loop steps a kernel runs on the calling thread: waking workers costs
 # tens of microseconds, and on a loaded machine a whole scheduler time slice.
 PARALLEL_MIN_WORK = 1 << 16
+
+
+# The workqueue layer aborts the process when two Python threads launch parallel kernels at once;
+# serialise those launches (serial kernels need no lock and run concurrently).
+_LAUNCH_LOCK = threading.Lock()
+
+
+def launch(fn, *args) -> None:  # type: ignore[no-untyped-def]
+    """Call a compiled kernel; parallel ones one at a time under the workqueue threading layer."""
+    if getattr(fn, "targetoptions", {}).get("parallel") and numba.config.THREADING_LAYER == "workqueue":
+        with _LAUNCH_LOCK:
+            fn(*args)
+    else:
+        fn(*args)
 
 
 def use_threads(work: int) -> bool:

@@ -284,11 +284,11 @@ def binary_conv2d(
     if kind == "avx512":
         wb = weights.blocked()
         fn = nk.conv_fast if parallel else nk.conv_fast_serial
-        fn(a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
-           weights.out_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
+        nk.launch(fn, a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
+                  weights.out_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
     else:
         fn = nk.conv_portable if parallel else nk.conv_portable_serial
-        fn(a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
+        nk.launch(fn, a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
     return out
 
 
