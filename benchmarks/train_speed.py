@@ -1,9 +1,9 @@
 """Training throughput of `recu` against the authors' ReCU layer, in the same process.
 
 The baseline is an eager re-implementation of the authors' `BinarizeConv2d` (method document,
-section 1), including its per-layer `.item()` host sync, in the default NCHW layout, as their
-scripts run it. `recu` runs the same architecture with its own layer, channels-last memory
-and `torch.compile`. Both train the same model (SGD step included) on random CIFAR-sized batches.
+section 1), including its per-layer `.item()` host sync, in float32 and the default NCHW layout, as
+their scripts run it. `recu` runs the same architecture with its own layer, channels-last memory,
+`torch.compile` and bfloat16 operands for the binary convolutions (+-1 are exact in bfloat16). Both train the same model (SGD step included) on random CIFAR-sized batches.
 
     python benchmarks/train_speed.py                 # ResNet-20 and VGG-Small on the CPU
     python benchmarks/train_speed.py --device cuda   # on a GPU
@@ -128,14 +128,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="recu eager with channels-last only")
+    parser.add_argument("--binary-dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="operand type of recu's binary convolutions (BinaryConfig.compute_dtype)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, recu {recu.__version__}")
+    print(f"# recu: channels-last, torch.compile={not args.no_compile}, binary operands {args.binary_dtype}")
     print("model,authors_img_s,recu_eager_cl_img_s,recu_img_s,ratio_recu_vs_authors,recu_first_step_s")
     for name in args.models:
-        model = create(name)
+        model = create(name, config=recu.BinaryConfig(compute_dtype=args.binary_dtype))
         base, _ = images_per_s(authors_model(model), args.batch, args.steps, device, False, False)
         eager, _ = images_per_s(copy.deepcopy(model), args.batch, args.steps, device, True, False)
         if args.no_compile:

@@ -510,3 +510,34 @@ def test_forward_formula_property(c_in, c_out, k, stride, padding, tau, b_star, 
     y = layer.train(training)(x)
     assert torch.allclose(y, simple_formula(x, layer.weight, layer.alpha, stride=stride, padding=padding))
     check_against_reference(layer, x, training)
+
+
+def test_bfloat16_operands_give_the_float32_dot_products_up_to_bf16_rounding():
+    torch.manual_seed(0)
+    exact = recu.ReCUConv2d(16, 8, 3, padding=1)  # K = 144 <= 256: every dot product is exact in bf16
+    fast = recu.ReCUConv2d(16, 8, 3, padding=1, config=recu.BinaryConfig(compute_dtype="bfloat16"))
+    fast.load_state_dict(exact.state_dict())
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(fast(x2), exact(x), rtol=0, atol=0)
+    exact(x).square().sum().backward()
+    fast(x2).square().sum().backward()
+    # the backward convolutions run in bf16 too: gradients agree to bf16 precision
+    scale = x.grad.abs().max()
+    assert (x2.grad - x.grad).abs().max() <= 2 ** -6 * scale
+
+    # K = 1024 with inputs aligned to filter 0: dot products (even) above 512 round to 8 significant bits
+    big = recu.ReCUConv2d(1024, 4, 1)
+    big_fast = recu.ReCUConv2d(1024, 4, 1, config=recu.BinaryConfig(compute_dtype="bfloat16"))
+    big_fast.load_state_dict(big.state_dict())
+    with torch.no_grad():
+        big.alpha.fill_(1.0)
+        big_fast.alpha.fill_(1.0)
+        w0 = recu.functional.sign(recu.functional.center_filters(big.weight))[0, :, 0, 0]
+        agree = torch.where(torch.rand(2, 1024, 3, 3) < 0.9, 1.0, -1.0)
+        xb = w0[None, :, None, None] * agree
+        ref, got = big.eval()(xb), big_fast.eval()(xb)
+    assert ref.abs().max() > 600
+    assert not torch.equal(got, ref)
+    assert torch.all((got - ref).abs() <= ref.abs() * 2 ** -8)
+    assert torch.equal(got, ref.to(torch.bfloat16).float())  # exactly the bf16 rounding of each dot product
