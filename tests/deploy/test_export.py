@@ -211,3 +211,22 @@ def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytes
     with ThreadPoolExecutor(max_workers=3) as pool:
         got = list(pool.map(packed, xs))
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def _input_shape(name: str) -> tuple[int, int, int]:
+    if name.startswith(("digits", "mlp")):
+        return (1, 8, 8)
+    if "imagenet" in name or name.startswith("reactnet"):
+        return (3, 64, 64)
+    return (3, 32, 32)
+
+
+@pytest.mark.parametrize("name", [n for n in models.available() if models.is_binary(n)])
+def test_every_registry_model_is_bit_identical(tmp_path: Path, name: str) -> None:
+    model = randomize(models.create(name))
+    path = tmp_path / f"{name}.recu"
+    export(model, path)
+    x = torch.randn(2, *_input_shape(name))
+    with torch.no_grad():
+        want = model(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(load(path)(x), want)
