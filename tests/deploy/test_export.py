@@ -129,6 +129,25 @@ def test_custom_model_without_spec_and_untraceable(tmp_path: Path) -> None:
         assert torch.allclose(packed(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_binary_linear_layers_are_packed(tmp_path: Path) -> None:
+    from recu.deploy import PackedLinear
+
+    model = randomize(models.create("mlp_1w1a", hidden=70))  # 70: a partial last word
+    path = tmp_path / "mlp.recu"
+    meta = export(model, path)
+    assert [l["kind"] for l in meta["binary_layers"]] == ["linear", "linear"]
+    packed = load(path)
+    layers = packed.packed_layers()
+    assert len(layers) == 2 and all(isinstance(m, PackedLinear) for _, m in layers)
+    x = torch.randn(5, 64)
+    h = model.net[2](model.net[1](x))  # the first binary layer's input
+    with torch.no_grad():
+        want = F.linear(RF.sign(h), RF.sign(model.net[3].clamped_weight()))
+    assert torch.equal(layers[0][1].dot(h), want.round().to(torch.int32))
+    with torch.no_grad():
+        assert torch.equal(packed(x.reshape(5, 1, 8, 8)), model(x.reshape(5, 1, 8, 8)))
+
+
 def test_unpackable_layers_stay_float(tmp_path: Path) -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),

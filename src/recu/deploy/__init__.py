@@ -20,13 +20,14 @@ from .kernels import (
     binary_conv2d_numpy,
     resolve_kernel,
 )
-from .runtime import PackedConv2d, PackedModel, load, read_metadata
+from .runtime import PackedConv2d, PackedLinear, PackedModel, load, read_metadata
 
 __all__ = [
     "export",
     "load",
     "read_metadata",
     "PackedConv2d",
+    "PackedLinear",
     "PackedModel",
     "PackedConvWeights",
     "binary_conv2d",

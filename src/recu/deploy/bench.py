@@ -20,14 +20,15 @@ from torch import Tensor, nn
 
 from .. import functional as RF
 from .pack import unpack_signs_numpy
-from .runtime import PackedConv2d, PackedModel
+from .runtime import PackedConv2d, PackedLinear, PackedModel
 
 __all__ = ["FloatSignConv2d", "float_reference", "time_call", "Timing", "layer_times", "BenchResult", "run_benchmark",
            "format_result"]
 
 
 class FloatSignConv2d(nn.Module):
-    """The float32 PyTorch twin of a :class:`PackedConv2d`: ``(conv2d(sign(x), w) * alpha + bias) * a + b``."""
+    """The float32 PyTorch twin of a :class:`PackedConv2d` or :class:`PackedLinear`:
+    ``(conv2d(sign(x), w) * alpha + bias) * a + b``."""
 
     def __init__(self, packed: PackedConv2d) -> None:
         super().__init__()
@@ -37,8 +38,14 @@ class FloatSignConv2d(nn.Module):
             self.register_buffer(k, torch.from_numpy(v.copy()).reshape(1, -1, 1, 1))
         self.stride = packed.stride
         self.padding = packed.padding
+        self.linear = isinstance(packed, PackedLinear)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.linear:  # (N, C) as a 1x1 image, like PackedLinear
+            return self.forward_image(x[:, :, None, None]).flatten(1)
+        return self.forward_image(x)
+
+    def forward_image(self, x: Tensor) -> Tensor:
         y = F.conv2d(RF.sign(x), self.weight, None, self.stride, self.padding) * self.alpha + self.bias
         return y * self.bn_scale + self.bn_shift
 

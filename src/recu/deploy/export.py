@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as RF
-from ..nn import BinaryLayer, ReCUConv2d
+from ..nn import BinaryLayer, ReCUConv2d, ReCULinear
 from .fold import find_conv_bn_pairs
 from .pack import packbits_bytes
 
@@ -48,11 +48,13 @@ def conv_padding(layer: nn.Conv2d) -> Optional[tuple[int, int]]:
 
 def packable_reason(layer: nn.Module) -> Optional[str]:
     """None when ``layer`` can run on the packed kernels, else why not (it then stays float)."""
-    if not isinstance(layer, ReCUConv2d):
-        return f"{type(layer).__name__} is not a ReCUConv2d"
+    if not isinstance(layer, (ReCUConv2d, ReCULinear)):
+        return f"{type(layer).__name__} is not a ReCUConv2d or ReCULinear"
     cfg = layer.config
     if not (cfg.binary_weights and cfg.binary_activations):
         return "weights or activations are not binary"
+    if isinstance(layer, ReCULinear):
+        return None
     if layer.groups != 1:
         return "groups != 1"
     if tuple(layer.dilation) != (1, 1):
@@ -73,7 +75,7 @@ class _Epilogue:
 
 
 @torch.no_grad()
-def _epilogue(layer: ReCUConv2d, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
+def _epilogue(layer: BinaryLayer, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
     """The layer's scale and bias and its BatchNorm as PyTorch's CPU kernel evaluates it.
 
     The eval forward rounds ``conv * alpha`` and ``+ bias`` in float32, and PyTorch's CPU BatchNorm
@@ -82,7 +84,7 @@ def _epilogue(layer: ReCUConv2d, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
     one folded multiplier makes the packed layer's float output bit-identical too, so no sign of the
     next binary layer's input can flip on a rounding difference.
     """
-    o = layer.out_channels
+    o = layer.weight.shape[0]
     s = layer.output_scale(layer.clamped_weight())
     alpha = torch.ones(o) if s is None else s.detach().reshape(o).float().cpu()
     bias = torch.zeros(o) if layer.bias is None else layer.bias.detach().float().cpu()
@@ -160,6 +162,9 @@ def export(
             bn = modules[bn_name] if bn_name else None
             with torch.no_grad():
                 w_sign = RF.sign(layer.clamped_weight())  # the forward pass's sign, +1 at 0
+            linear = isinstance(layer, ReCULinear)
+            if linear:  # a linear layer is a 1x1 convolution of a 1x1 image
+                w_sign = w_sign[:, :, None, None]
             bits = packbits_bytes(w_sign.permute(0, 2, 3, 1).cpu())  # (O, KH, KW, ceil(C/8))
             epi = _epilogue(layer, bn)  # type: ignore[arg-type]
             tensors[f"binary.{name}.bits"] = torch.from_numpy(np.ascontiguousarray(bits))
@@ -167,11 +172,12 @@ def export(
                 tensors[f"binary.{name}.{key}"] = torch.from_numpy(getattr(epi, key))
             layers.append({
                 "name": name,
-                "in_channels": layer.in_channels,
-                "out_channels": layer.out_channels,
-                "kernel_size": list(layer.kernel_size),
-                "stride": list(layer.stride),
-                "padding": list(conv_padding(layer)),  # type: ignore[arg-type]
+                "kind": "linear" if linear else "conv2d",
+                "in_channels": layer.in_features if linear else layer.in_channels,
+                "out_channels": layer.out_features if linear else layer.out_channels,
+                "kernel_size": [1, 1] if linear else list(layer.kernel_size),
+                "stride": [1, 1] if linear else list(layer.stride),
+                "padding": [0, 0] if linear else list(conv_padding(layer)),  # type: ignore[arg-type]
                 "folded_bn": bn_name,
             })
         skip_prefixes = tuple(f"{n}." for n in packed) + tuple(f"{b}." for b in pairs.values())

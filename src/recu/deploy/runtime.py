@@ -34,7 +34,7 @@ from .kernels import (
 )
 from .pack import pack_activations, unpackbits_bytes
 
-__all__ = ["PackedConv2d", "PackedModel", "load", "read_metadata", "build_model"]
+__all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load", "read_metadata", "build_model"]
 
 
 class PackedConv2d(nn.Module):
@@ -95,6 +95,21 @@ class PackedConv2d(nn.Module):
                 f"padding={self.padding}, impl={resolve_kernel(self.impl)!r}")
 
 
+class PackedLinear(PackedConv2d):
+    """A binary linear layer, run as a 1x1 :class:`PackedConv2d` on a 1x1 image: (N, C) -> (N, C_out)."""
+
+    def _as_image(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PackedLinear expects input (N, {self.in_channels}), got {tuple(x.shape)}")
+        return x.reshape(x.shape[0], x.shape[1], 1, 1)
+
+    def dot(self, x: Tensor) -> Tensor:
+        return super().dot(self._as_image(x)).reshape(x.shape[0], self.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self._as_image(x)).reshape(x.shape[0], self.out_channels)
+
+
 class PackedModel(nn.Module):
     """The loaded inference model: ``model(x)`` on a float NCHW CPU tensor returns the logits.
 
@@ -111,7 +126,7 @@ class PackedModel(nn.Module):
         self.num_threads = num_threads
 
     def packed_layers(self) -> list[tuple[str, PackedConv2d]]:
-        """(name, layer) of every packed binary convolution, in module order."""
+        """(name, layer) of every packed binary layer (convolutions and linear layers), in module order."""
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, PackedConv2d)]
 
     def set_kernel(self, impl: Optional[str]) -> None:
@@ -231,9 +246,14 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
         if missing:
             raise ValueError(f"layer {name}: the file lacks the tensors {missing}")
         epilogue = {k: tensors[f"binary.{name}.{k}"].numpy() for k in PackedConv2d.EPILOGUE}
-        packed = PackedConv2d(weights, epilogue, tuple(layer["stride"]), tuple(layer["padding"]), impl)
+        cls = {"conv2d": PackedConv2d, "linear": PackedLinear}.get(layer.get("kind", "conv2d"))
+        if cls is None:
+            raise ValueError(f"layer {name}: unknown kind {layer.get('kind')!r} (a newer recu wrote this file?)")
+        packed = cls(weights, epilogue, tuple(layer["stride"]), tuple(layer["padding"]), impl)
         old = net.get_submodule(name)
-        if getattr(old, "in_channels", c_in) != c_in or getattr(old, "out_channels", packed.out_channels) != packed.out_channels:
+        c_old = getattr(old, "in_channels", getattr(old, "in_features", c_in))
+        o_old = getattr(old, "out_channels", getattr(old, "out_features", packed.out_channels))
+        if (c_old, o_old) != (c_in, packed.out_channels):
             raise ValueError(f"layer {name}: the skeleton's {type(old).__name__} has other channel counts than the file")
         _replace(net, name, packed)
         if layer.get("folded_bn"):
