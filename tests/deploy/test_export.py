@@ -229,7 +229,7 @@ def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytes
         want = [model(x.contiguous(memory_format=torch.channels_last)) for x in xs]
     with ThreadPoolExecutor(max_workers=3) as pool:
         got = list(pool.map(packed, xs))
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
 def _input_shape(name: str) -> tuple[int, int, int]:
