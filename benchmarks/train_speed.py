@@ -125,8 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["resnet20_1w1a", "vgg_small_1w1a"])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256, help="the CIFAR recipes' batch (default 256)")
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="recu eager with channels-last only")
     parser.add_argument("--binary-dtype", default="bfloat16", choices=["float32", "bfloat16"],
                         help="operand type of recu's binary convolutions (BinaryConfig.compute_dtype)")
