@@ -96,6 +96,11 @@ class BinaryConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
                 raise ValueError(f"BinaryConfig.{name} must be a finite number > 0, got {value!r}")
 
+    @property
+    def fully_binary(self) -> bool:
+        """Both weights and activations are binary (the layer is a true 1-bit layer)."""
+        return self.binary_weights and self.binary_activations
+
     def replace(self, **changes: object) -> "BinaryConfig":
         """A copy with some fields changed (the config itself is frozen)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -171,9 +176,13 @@ class BinaryLayer(nn.Module):
             return RF.recu_mask(w1, q)
         return RF.recu_clamp_ste(w1, q)
 
-    def binary_weight(self) -> Tensor:
-        """Wb = sign(W2) with a straight-through gradient (step 6), or W2 when weights stay real."""
-        w2 = self.clamped_weight()
+    def binary_weight(self, w2: Optional[Tensor] = None) -> Tensor:
+        """Wb = sign(W2) with a straight-through gradient (step 6), or W2 when weights stay real.
+
+        ``w2`` reuses a :meth:`clamped_weight` the caller already computed.
+        """
+        if w2 is None:
+            w2 = self.clamped_weight()
         return RF.sign_ste(w2) if self.config.binary_weights else w2
 
     def binary_input(self, a: Tensor) -> Tensor:
@@ -222,9 +231,9 @@ class BinaryLayer(nn.Module):
     def _binary_forward(self, x: Tensor, spatial_dims: int) -> Tensor:
         self._check_input(x, spatial_dims)
         w2 = self.clamped_weight()
-        wb = RF.sign_ste(w2) if self.config.binary_weights else w2
+        wb = self.binary_weight(w2)
         xb = self.binary_input(x)
-        if self.config.compute_dtype == "bfloat16" and self.config.binary_weights and self.config.binary_activations:
+        if self.config.compute_dtype == "bfloat16" and self.config.fully_binary:
             y = self._linear_op(xb.to(torch.bfloat16), wb.to(torch.bfloat16)).to(x.dtype)
         else:
             y = self._linear_op(xb, wb)

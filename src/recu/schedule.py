@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import TauLike, check_tau
-from .nn import BinaryLayer
+from .convert import binary_layers
 
 __all__ = [
     "set_tau",
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def _tau_buffers(model: nn.Module) -> list[Tensor]:
-    return [m.tau for m in model.modules() if isinstance(m, BinaryLayer)]
+    return [layer.tau for _, layer in binary_layers(model)]
 
 
 def set_tau(model: nn.Module, tau: TauLike) -> int:

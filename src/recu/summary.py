@@ -153,7 +153,7 @@ def summary(model: nn.Module, input_size: Sequence[int]) -> ModelSummary:
                 row.output_shape = tuple(out.shape[1:])
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 macs = _macs(module, out)
-                if isinstance(module, BinaryLayer) and module.config.binary_weights and module.config.binary_activations:
+                if isinstance(module, BinaryLayer) and module.config.fully_binary:
                     row.bops += macs
                 else:
                     row.flops += macs

@@ -51,7 +51,7 @@ def packable_reason(layer: nn.Module) -> Optional[str]:
     if not isinstance(layer, (ReCUConv2d, ReCULinear)):
         return f"{type(layer).__name__} is not a ReCUConv2d or ReCULinear"
     cfg = layer.config
-    if not (cfg.binary_weights and cfg.binary_activations):
+    if not cfg.fully_binary:
         return "weights or activations are not binary"
     if isinstance(layer, ReCULinear):
         return None

@@ -172,6 +172,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.best_epoch = -1
+        self.last_record: dict[str, Any] = {}
         last = self.run_dir / "last.pt"
         if last.exists() and not self.resume:
             raise ValueError(f"{self.run_dir} already holds a run (last.pt): pass --resume to continue it "
@@ -197,6 +198,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.best_top1 = float(state.get("best_top1", -1.0))
         self.best_epoch = int(state.get("best_epoch", -1))
+        self.last_record = state["metrics"]
         if self.log is not None:
             kept = [r for r in read_metrics(self.log.path) if r.get("epoch", -1) < int(state["epoch"])]
             self.log.rewrite(kept + [state["metrics"]])
@@ -260,7 +262,7 @@ class Trainer:
             if self.start_epoch == 0:
                 for cb in self.callbacks:
                     cb.on_train_begin(self.model, self.run_dir, cfg.epochs)
-            record: dict[str, Any] = {}
+            record: dict[str, Any] = self.last_record
             end = cfg.epochs if self.stop_after is None else min(cfg.epochs, self.stop_after)
             for epoch in range(self.start_epoch, end):
                 lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule)
@@ -294,9 +296,7 @@ class Trainer:
                     self.log.write(record)
                     print(_epoch_line(record, cfg.epochs), flush=True)
                 barrier(self.dist)
-            final = read_metrics(self.run_dir / "metrics.jsonl") if self.dist.is_main else []
-            last_record = final[-1] if final else record
-            return {"final_top1": last_record.get("test_top1"), "final_top5": last_record.get("test_top5"),
+            return {"final_top1": record.get("test_top1"), "final_top5": record.get("test_top5"),
                     "best_top1": self.best_top1, "best_epoch": self.best_epoch, "run_dir": str(self.run_dir),
                     "epochs": cfg.epochs}
         finally:

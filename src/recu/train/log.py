@@ -7,11 +7,9 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Optional
 
 __all__ = ["MetricsLog", "read_metrics", "Progress"]
-
-T = TypeVar("T")
 
 
 def _jsonable(value: Any) -> Any:
@@ -108,9 +106,3 @@ class Progress:
             self._bar.close()
         elif self.enabled:
             print(file=sys.stderr)
-
-    def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        try:
-            yield from items
-        finally:
-            self.close()
