@@ -14,9 +14,9 @@ from torch import nn
 from recu import ReCUConv2d, binary_layers, models
 from recu import functional as RF
 from recu.deploy import PackedConv2d, export, load, read_metadata
-from recu.deploy.kernels import has_vpopcntdq, numba_available
+from recu.deploy.kernels import has_amx, has_vpopcntdq, numba_available
 
-IMPLS = (["avx512"] if has_vpopcntdq() else []) + (["portable"] if numba_available() else ["numpy"])
+IMPLS = (["amx"] if has_amx() else []) + (["avx512"] if has_vpopcntdq() else []) + (["portable"] if numba_available() else ["numpy"])
 
 
 def randomize(model: nn.Module) -> nn.Module:

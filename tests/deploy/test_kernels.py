@@ -18,6 +18,8 @@ if K.numba_available():
     COMPILED.append("portable")
     if K.has_vpopcntdq():
         COMPILED.append("avx512")
+    if K.has_amx():
+        COMPILED.append("amx")
 PATHS = COMPILED + ["numpy"]
 
 
@@ -28,6 +30,13 @@ def torch_dot(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> np
 
 
 def run(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, impl: str) -> np.ndarray:
+    """The packed layers' path: from the float input (packed bits, or int8 signs on ``amx``)."""
+    weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), w.shape[1])
+    return K.binary_conv2d_float(x, weights, stride, padding, impl=impl)
+
+
+def run_packed(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, impl: str) -> np.ndarray:
+    """From already packed activations (``amx`` unpacks them to int8 first)."""
     weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), w.shape[1])
     return K.binary_conv2d(P.pack_activations(x, impl), weights, stride, padding, impl=impl)
 
@@ -70,7 +79,24 @@ def test_kernel_exact(impl: str, case: tuple, threading_mode: str) -> None:
     w = torch.randn(o, c, k, k)
     got = run(x, w, s, p, impl)
     assert got.dtype == np.int32
-    assert np.array_equal(got, torch_dot(x, w, s, p))
+    want = torch_dot(x, w, s, p)
+    assert np.array_equal(got, want)
+    assert np.array_equal(run_packed(x, w, s, p, impl), want)
+
+
+@pytest.mark.skipif("amx" not in COMPILED, reason="CPU or OS without AMX-INT8")
+@pytest.mark.parametrize("case", CASES)
+def test_amx_bit_tiles_exact(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Layers past INT8_WEIGHT_BYTES keep 1 bit per weight and expand each B tile in the kernel;
+    # the tests' layers are small, so force that path.
+    from recu.deploy import _amx_kernels as ak
+
+    monkeypatch.setattr(ak, "INT8_WEIGHT_BYTES", 0)
+    c, o, k, s, p, h, w_ = case
+    x, w = torch.randn(2, c, h, w_), torch.randn(o, c, k, k)
+    weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), c)
+    assert weights.amx_tiles().dtype == np.uint64
+    assert np.array_equal(K.binary_conv2d_float(x, weights, s, p, impl="amx"), torch_dot(x, w, s, p))
 
 
 @pytest.mark.parametrize("impl", PATHS)
@@ -129,7 +155,10 @@ def test_kernel_property(c: int, o: int, k: int, s: int, p: int, h: int, w_: int
 def test_resolve_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(K.ENV_VAR, "numpy")
     assert K.resolve_kernel() == "numpy"
-    assert K.resolve_kernel("auto") in ("avx512", "portable", "numpy")
+    assert K.resolve_kernel("auto") in ("amx", "avx512", "portable", "numpy")
+    monkeypatch.delenv(K.ENV_VAR)
+    assert K.resolve_kernel() == ("amx" if "amx" in COMPILED else "avx512" if "avx512" in COMPILED
+                                  else "portable" if COMPILED else "numpy")
     monkeypatch.setenv(K.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=K.ENV_VAR):
         K.resolve_kernel()
@@ -145,6 +174,33 @@ def test_shape_errors() -> None:
         K.binary_conv2d(np.zeros((1, 2, 2, 1), np.uint64), weights)
     with pytest.raises(ValueError, match="shape"):
         K.PackedConvWeights(np.zeros((4, 3, 3, 2), np.uint64), 10)
+
+
+@pytest.mark.parametrize("impl", PATHS)
+def test_float_epilogue_path(impl: str) -> None:
+    # binary_conv2d_float with an epilogue table == the integer path through the float32 epilogue,
+    # C_out 40 = two full 16-channel tiles + a partial one (the amx kernel's scalar tail).
+    x, w = torch.randn(2, 40, 9, 10), torch.randn(40, 40, 3, 3)
+    weights = K.PackedConvWeights(P.pack_weights(w), 40)
+    rng = np.random.default_rng(0)
+    epi = K.epilogue_table(40, *(rng.normal(size=40).astype(np.float32) for _ in range(4)))
+    dot = K.binary_conv2d_float(x, weights, 1, 1, impl=impl)
+    y = K.binary_conv2d_float(x, weights, 1, 1, impl=impl, epilogue=epi)
+    ref = K.binary_conv2d_float(x, weights, 1, 1, impl=COMPILED[0] if COMPILED else "numpy", epilogue=epi)
+    assert np.array_equal(dot, torch_dot(x, w, 1, 1))
+    assert np.array_equal(y, ref)  # the same fma steps in every compiled path
+    assert np.abs(y - K.epilogue_numpy(dot, epi)).max() <= 1e-5 * np.abs(y).max()
+
+
+def test_unavailable_kernel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(K, "has_amx", lambda: False)
+    with pytest.raises(RuntimeError, match="AMX-INT8"):
+        K.resolve_kernel("amx")
+
+
+@pytest.mark.skipif("amx" not in COMPILED, reason="CPU or OS without AMX-INT8")
+def test_amx_kernel_emits_tdpbssd() -> None:
+    assert "tdpbssd" in K.amx_kernel_asm()
 
 
 @pytest.mark.skipif("avx512" not in COMPILED, reason="CPU without AVX-512 VPOPCNTDQ")

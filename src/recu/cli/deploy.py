@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one sample's shape (default: 3 224 224 for ImageNet models, else 3 32 32)")
     b.add_argument("--num-classes", type=int, help="for a model name (default: 1000 for ImageNet models, else 10)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
-    b.add_argument("--kernel", choices=["auto", "avx512", "portable", "numpy"], help="kernel path")
+    b.add_argument("--kernel", choices=["auto", "amx", "avx512", "portable", "numpy"],
+                   help="kernel path (default auto: amx, else avx512, else portable, else numpy)")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     b.add_argument("--fuse-float", action="store_true",
                    help="fold BatchNorms into the full-precision convs too (faster; float rounding differs)")

@@ -11,8 +11,13 @@ never +1 or -1. This equals ``F.conv2d(sign(A), sign(W), padding=p)`` exactly, i
 
 Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL``):
 
-- ``auto`` (default): ``avx512`` when numba is installed and the CPU has AVX-512 VPOPCNTDQ,
-  else ``portable`` when numba is installed, else ``numpy``.
+- ``auto`` (default): ``amx`` when numba is installed, the CPU has AMX-INT8 and Linux grants the
+  process the tile state; else ``avx512`` when the CPU has AVX-512 VPOPCNTDQ; else ``portable``
+  when numba is installed; else ``numpy``.
+- ``amx``: the signs as int8 +-1 on Intel AMX tiles (:mod:`recu.deploy._amx_kernels`): 16,384
+  multiply-accumulates per ``tdpbssd``, three times the popcount kernel's ceiling on this kind of
+  core. The padding is materialised as int8 zeros, which add 0 exactly as in training. The file
+  keeps 1 bit per weight; at run time the weights are held as int8 (8x the packed size).
 - ``avx512``: the compiled kernel blocked 4 output pixels x 16 output channels in 512-bit registers;
   LLVM emits ``vpopcntq zmm`` for it on a CPU with AVX-512 VPOPCNTDQ (checked by
   :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
@@ -21,7 +26,7 @@ Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL
 - ``portable``: compiled, one output channel at a time, popcount by shifts and masks.
 - ``numpy``: :func:`binary_conv2d_numpy`, the reference (no numba needed; slow).
 
-The kernels return NHWC arrays (``(N, OH, OW, C_out)``): the packed model hands them to
+All paths return the same integers. The kernels return NHWC arrays (``(N, OH, OW, C_out)``): the packed model hands them to
 PyTorch as channels_last NCHW tensors without a copy.
 """
 
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from .pack import num_words
 
@@ -41,19 +47,22 @@ __all__ = [
     "ENV_VAR",
     "resolve_kernel",
     "has_vpopcntdq",
+    "has_amx",
     "numba_available",
     "output_size",
     "PackedConvWeights",
     "binary_conv2d",
+    "binary_conv2d_float",
     "binary_conv2d_numpy",
     "epilogue_table",
     "epilogue_numpy",
     "fast_kernel_asm",
+    "amx_kernel_asm",
     "fast_kernel_asm_has_vpopcntq",
     "set_num_threads",
 ]
 
-KERNELS = ("auto", "avx512", "portable", "numpy")
+KERNELS = ("auto", "amx", "avx512", "portable", "numpy")
 ENV_VAR = "RECU_DEPLOY_KERNEL"
 
 IntPair = Union[int, Sequence[int]]
@@ -82,8 +91,29 @@ def has_vpopcntdq() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def has_amx() -> bool:
+    """True when the CPU has AMX-INT8 (as LLVM reports it) and Linux grants this process the tile state.
+
+    The first call asks the kernel for the state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``), once per process.
+    """
+    if not numba_available():
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:
+        return False
+    if not (features.get("amx-int8", False) and features.get("amx-tile", False)):
+        return False
+    from ._amx_kernels import request_amx
+
+    return request_amx()
+
+
 def resolve_kernel(impl: Optional[str] = None) -> str:
-    """The concrete kernel path (``avx512``, ``portable`` or ``numpy``) for ``impl``.
+    """The concrete kernel path (``amx``, ``avx512``, ``portable`` or ``numpy``) for ``impl``.
 
     ``impl`` None reads ``RECU_DEPLOY_KERNEL`` (default ``auto``).
     """
@@ -94,11 +124,16 @@ def resolve_kernel(impl: Optional[str] = None) -> str:
     if choice == "auto":
         if not numba_available():
             return "numpy"
+        if has_amx():
+            return "amx"
         return "avx512" if has_vpopcntdq() else "portable"
-    if choice in ("avx512", "portable") and not numba_available():
+    if choice in ("amx", "avx512", "portable") and not numba_available():
         raise RuntimeError(f"kernel {choice!r} needs numba; install recu-bnn[deploy] or use 'numpy'")
     if choice == "avx512" and not has_vpopcntdq():
         raise RuntimeError("kernel 'avx512' needs a CPU with AVX-512 VPOPCNTDQ; use 'portable' or 'auto'")
+    if choice == "amx" and not has_amx():
+        raise RuntimeError("kernel 'amx' needs a CPU with AMX-INT8 and a Linux kernel that grants the tile "
+                           "state (5.16 or later); use 'avx512', 'portable' or 'auto'")
     return choice
 
 
@@ -134,6 +169,7 @@ class PackedConvWeights:
     bits: np.ndarray
     in_channels: int
     _blocked: Optional[np.ndarray] = field(default=None, repr=False)
+    _amx: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.bits = np.ascontiguousarray(self.bits, dtype=np.uint64)
@@ -158,6 +194,14 @@ class PackedConvWeights:
 
             self._blocked = block_weights(self.bits)
         return self._blocked
+
+    def amx_tiles(self) -> np.ndarray:
+        """The int8 B tiles of the ``amx`` kernel (64-byte aligned), built once."""
+        if self._amx is None:
+            from ._amx_kernels import amx_weights
+
+            self._amx = amx_weights(self.bits)
+        return self._amx
 
 
 def binary_conv2d_numpy(a: np.ndarray, weights: PackedConvWeights, stride: IntPair = 1,
@@ -278,6 +322,14 @@ def binary_conv2d(
 
     if out is None:
         out = np.empty(shape, dtype=np.float32 if affine else np.int32)
+    if kind == "amx":
+        from . import _amx_kernels as ak
+
+        geometry = ak.plan(n, h, w, a.shape[3], kh_, kw_, sh, sw, ph, pw)
+        x8 = ak.input_buffer(geometry[4])
+        ak.bits_to_int8_padded(a, weights.in_channels, ph, pw, 64 * a.shape[3], x8)
+        _run_amx(x8, geometry, weights, out, epi, affine)
+        return out
     out_i = out if not affine else np.empty((1, 1, 1, 1), dtype=np.int32)
     out_f = out if affine else np.empty((1, 1, 1, 1), dtype=np.float32)
     parallel = nk.use_threads(shape[0] * shape[1] * shape[2] * weights.bits.size // nk.LANES)
@@ -289,6 +341,77 @@ def binary_conv2d(
     else:
         fn = nk.conv_portable if parallel else nk.conv_portable_serial
         nk.launch(fn, a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
+    return out
+
+
+def _run_amx(x8: np.ndarray, geometry: tuple, weights: PackedConvWeights, out: np.ndarray, epi: np.ndarray,
+             affine: bool) -> None:
+    from . import _amx_kernels as ak
+    from . import _numba_kernels as nk
+
+    if not ak.request_amx():  # cached; without the OS's permission an AMX instruction is SIGILL
+        raise RuntimeError("this process has no AMX tile state; use kernel 'avx512' or 'portable'")
+    toff, abase, astride, pix, _ = geometry
+    c_out = weights.out_channels
+    flat = out.reshape(-1, c_out)
+    out_i = flat if not affine else np.empty((1, 1), dtype=np.int32)
+    out_f = flat if affine else np.empty((1, 1), dtype=np.float32)
+    # Same unit of work as the popcount kernels: 64-bit words x output pixels x output channels / 8.
+    parallel = nk.use_threads(flat.shape[0] * c_out * toff.shape[0] // nk.LANES)
+    fn = ak.conv_amx if parallel else ak.conv_amx_serial
+    chunks = 4 * nk.numba.get_num_threads() if parallel else 1
+    nk.launch(fn, x8, weights.amx_tiles(), toff, abase, astride, pix, c_out, out_i, epi, out_f, affine,
+              ak.TILE_CONFIG, chunks)
+
+
+def binary_conv2d_float(
+    x: torch.Tensor,
+    weights: PackedConvWeights,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    *,
+    impl: Optional[str] = None,
+    epilogue: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """:func:`binary_conv2d` of ``sign(x)`` for a float NCHW tensor ``x`` (the packed layers' path).
+
+    The popcount paths pack ``x`` (:func:`recu.deploy.pack.pack_activations`); ``amx`` writes the
+    int8 signs with their zero padding in one pass instead. Same results on every path.
+    """
+    kind = resolve_kernel(impl)
+    if x.dim() != 4 or x.shape[1] != weights.in_channels:
+        raise ValueError(f"expected input (N, {weights.in_channels}, H, W), got {tuple(x.shape)}")
+    if kind != "amx":
+        from .pack import pack_activations
+
+        return binary_conv2d(pack_activations(x, kind), weights, stride, padding, impl=kind, epilogue=epilogue,
+                             out=out)
+    from . import _amx_kernels as ak
+    from . import _numba_kernels as nk
+
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    n, c, h, w = (int(v) for v in x.shape)
+    kh_, kw_ = weights.kernel_size
+    shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
+    affine = epilogue is not None
+    if affine and (epilogue.dtype != np.float32 or epilogue.shape != (4 * weights.out_channels,)
+                   or not epilogue.flags.c_contiguous):
+        raise ValueError(f"epilogue must be a contiguous float32 array of shape ({4 * weights.out_channels},)")
+    if out is None:
+        out = np.empty(shape, dtype=np.float32 if affine else np.int32)
+    elif out.shape != shape or out.dtype != (np.float32 if affine else np.int32) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")
+    cw = weights.bits.shape[3]
+    geometry = ak.plan(n, h, w, cw, kh_, kw_, sh, sw, ph, pw)
+    x8 = ak.input_buffer(geometry[4])
+    nhwc = x.detach().float().permute(0, 2, 3, 1)
+    if not nhwc.is_contiguous():
+        nhwc = nhwc.contiguous()
+    fn = ak.sign_nhwc_padded if nk.use_threads(x.numel() // 16) else ak.sign_nhwc_padded_serial
+    nk.launch(fn, nhwc.numpy().reshape(-1), n, h, w, c, ph, pw, 64 * cw, x8)
+    _run_amx(x8, geometry, weights, out, epilogue if affine else np.empty(0, np.float32), affine)
     return out
 
 
@@ -306,6 +429,20 @@ def fast_kernel_asm() -> str:
     w = PackedConvWeights(np.zeros((8, 1, 1, 1), dtype=np.uint64), 64)
     twin(0, np.zeros(1, np.uint64), w.blocked().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
          np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.zeros((1, 1, 1, 1), np.float32), False)
+    return "\n".join(twin.inspect_asm().values())
+
+
+def amx_kernel_asm() -> str:
+    """Assembly of the ``amx`` kernel's inner block function as compiled here (uncached twin, a few seconds)."""
+    from numba import njit
+
+    from . import _amx_kernels as ak
+
+    twin = njit(cache=False)(ak._blocks.py_func)
+    w = PackedConvWeights(np.zeros((16, 1, 1, 1), dtype=np.uint64), 64)
+    toff, abase, astride, pix, nbytes = ak.plan(1, 1, 1, 1, 1, 1, 1, 1, 0, 0)
+    twin(0, 1, ak.aligned_empty(nbytes), w.amx_tiles(), toff, abase, astride, pix, 16,
+         np.zeros((1, 16), np.int32), np.empty(0, np.float32), np.zeros((1, 1), np.float32), False, ak.TILE_CONFIG)
     return "\n".join(twin.inspect_asm().values())
 
 

@@ -26,13 +26,12 @@ from torch import Tensor, nn
 from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
 from .kernels import (
     PackedConvWeights,
-    binary_conv2d,
+    binary_conv2d_float,
     epilogue_table,
-    output_size,
     resolve_kernel,
     set_num_threads,
 )
-from .pack import pack_activations, unpackbits_bytes
+from .pack import unpackbits_bytes
 
 __all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load", "read_metadata", "build_model"]
 
@@ -67,26 +66,21 @@ class PackedConv2d(nn.Module):
     def out_channels(self) -> int:
         return self.weights.out_channels
 
-    def _packed_input(self, x: Tensor) -> np.ndarray:
+    def _check_input(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"PackedConv2d expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"PackedConv2d runs on the CPU; got an input on {x.device}")
-        return pack_activations(x.detach(), self.impl)
+        return x.detach()
 
     def dot(self, x: Tensor) -> Tensor:
         """Integer dot products ``conv2d(sign(x), w_sign)`` with zero padding, int32 NCHW (channels_last)."""
-        out = binary_conv2d(self._packed_input(x), self.weights, self.stride, self.padding, impl=self.impl)
+        out = binary_conv2d_float(self._check_input(x), self.weights, self.stride, self.padding, impl=self.impl)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        a = self._packed_input(x)
-        n, h, w, _ = a.shape
-        kh, kw = self.weights.kernel_size
-        shape = (n, output_size(h, kh, self.stride[0], self.padding[0]),
-                 output_size(w, kw, self.stride[1], self.padding[1]), self.out_channels)
-        out = np.empty(shape, dtype=np.float32)
-        binary_conv2d(a, self.weights, self.stride, self.padding, impl=self.impl, epilogue=self._table, out=out)
+        out = binary_conv2d_float(self._check_input(x), self.weights, self.stride, self.padding, impl=self.impl,
+                                  epilogue=self._table)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
@@ -218,7 +212,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
         path: a file written by :func:`recu.deploy.export`.
         model: the model skeleton (architecture only; its weights are replaced) for models
             without a ``recu.models`` spec. It is copied, not modified.
-        impl: kernel path (``auto``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
+        impl: kernel path (``auto``, ``amx``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
         num_threads: kernel threads; None follows ``torch.get_num_threads()`` at each call.
         fuse_float: also fold BatchNorms into the full-precision convs that feed them (the stem,
             downsample convs). Faster (15% at batch 8 on ResNet-18 ImageNet), but the float results
