@@ -192,6 +192,28 @@ def test_float_epilogue_path(impl: str) -> None:
     assert np.abs(y - K.epilogue_numpy(dot, epi)).max() <= 1e-5 * np.abs(y).max()
 
 
+@pytest.mark.parametrize("impl", PATHS)
+def test_float_path_bad_input(impl: str) -> None:
+    weights = K.PackedConvWeights(P.pack_weights(torch.randn(16, 8, 3, 3)), 8)
+    with pytest.raises(ValueError, match="expected input"):
+        K.binary_conv2d_float(torch.randn(1, 7, 5, 5), weights, 1, 1, impl=impl)
+    with pytest.raises(ValueError, match="expected input"):
+        K.binary_conv2d_float(torch.randn(8, 5, 5), weights, 1, 1, impl=impl)
+    with pytest.raises(ValueError, match="out must be"):
+        K.binary_conv2d_float(torch.randn(1, 8, 5, 5), weights, 1, 1, impl=impl, out=np.empty((1, 5, 5, 15), np.int32))
+    # A good call after the bad ones (nothing wrong was cached), then a new input size.
+    x = torch.randn(1, 8, 5, 5)
+    assert np.array_equal(K.binary_conv2d_float(x, weights, 1, 1, impl=impl), torch_dot(x, _signs_of(weights), 1, 1))
+    x = torch.randn(2, 8, 7, 4)
+    assert np.array_equal(K.binary_conv2d_float(x, weights, 2, 0, impl=impl), torch_dot(x, _signs_of(weights), 2, 0))
+
+
+def _signs_of(weights: K.PackedConvWeights) -> torch.Tensor:
+    """The +-1 weight tensor (C_out, C_in, KH, KW) stored in ``weights``."""
+    signs = P.unpack_signs_numpy(weights.bits, weights.in_channels)  # (C_out, KH, KW, C_in)
+    return torch.from_numpy(signs.transpose(0, 3, 1, 2).astype(np.float32))
+
+
 def test_unavailable_kernel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(K, "has_amx", lambda: False)
     with pytest.raises(RuntimeError, match="AMX-INT8"):

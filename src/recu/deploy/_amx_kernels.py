@@ -10,9 +10,12 @@ Layout:
 - input: int8 ``(N, Hp, Wp, Cp)`` with the spatial padding materialised as zeros (``Hp = H + 2 ph``,
   ``Wp = W + 2 pw``, ``Cp`` = C_in rounded up to 64, pad channels 0), plus slack at the end that
   the last tiles may read;
-- weights: int8 ``(NB, T, 16, 64)`` with ``NB = ceil(C_out / 16)`` blocks of 16 output channels and
-  ``T = KH * KW * Cp / 64`` steps (tap, 64-channel group); each ``(16, 64)`` step is a B tile in
-  AMX's VNNI order (row r holds input channels 4r..4r+3 of each of the 16 output channels);
+- weights: ``NB * T`` B tiles (:func:`amx_weights`), ``NB = ceil(C_out / 16)`` blocks of 16 output
+  channels times ``T = KH * KW * Cp / 64`` steps (tap, 64-channel group), each 16 rows x 64 columns
+  in AMX's VNNI order (row r holds input channels 4r..4r+3 of each of the 16 output channels):
+  int8 +-1 for small layers, 1 bit per weight for large ones (:data:`INT8_WEIGHT_BYTES`), expanded
+  to int8 in the kernel one step ahead of use, so deep layers stream 1-bit weights through the
+  caches (at 512@7, 2.4 MB of int8 weights did not fit a 2 MB L2);
 - a *pixel tile* is 16 output pixels whose input rows are equally spaced: with stride 1, 16
   consecutive positions of the padded plane flattened row by row (positions in the right-hand
   padding columns are computed and dropped, ``(KW - 1) / Wp`` of the work); with a larger stride,
@@ -421,6 +424,29 @@ def conv_amx_serial(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, 
     """:func:`conv_amx` on the calling thread (``chunks`` is ignored)."""
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
     _blocks(0, total, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg)
+
+
+@_jit(parallel=True)
+def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f,
+                  affine, cfg, chunks):  # type: ignore[no-untyped-def]
+    """:func:`sign_nhwc_padded` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call."""
+    hp, wp = h_ + 2 * ph, w_ + 2 * pw
+    for r in prange(n_ * hp):
+        _sign_row(r, xf, h_, w_, c_, ph, pw, hp, wp, cp_, x8)
+    x8[n_ * hp * wp * cp_:] = 0
+    total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
+    for ch in prange(chunks):
+        _blocks(ch * total // chunks, (ch + 1) * total // chunks, x8, wb, toff, abase, astride, pix, c_out,
+                out_i, epi, out_f, affine, cfg)
+
+
+@_jit()
+def sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi,
+                         out_f, affine, cfg, chunks):  # type: ignore[no-untyped-def]
+    """:func:`sign_conv_amx` on the calling thread (``chunks`` is ignored)."""
+    sign_nhwc_padded_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8)
+    total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
+    _blocks(0, total, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg)
 
 
 @_jit()
