@@ -435,10 +435,15 @@ def launch(fn, *args) -> None:  # type: ignore[no-untyped-def]
         fn(*args)
 
 
+def pool_threads() -> int:
+    """numba's current thread count (its pool started, PyTorch's count left alone)."""
+    start_pool()
+    return numba.get_num_threads()
+
+
 def use_threads(work: int) -> bool:
     """Whether a kernel with ``work`` inner steps should use numba's worker threads."""
-    start_pool()
-    return work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+    return work >= PARALLEL_MIN_WORK and pool_threads() > 1
 
 
 def block_weights(bits: np.ndarray) -> np.ndarray:

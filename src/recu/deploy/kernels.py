@@ -353,22 +353,28 @@ def _amx_outputs(out: np.ndarray, c_out: int, affine: bool) -> tuple[np.ndarray,
     return flat, np.empty((1, 1), dtype=np.float32)
 
 
-def _amx_threads(work: int) -> tuple[bool, int]:
-    """(parallel, chunks) for an amx launch of ``work`` units (64-bit words x pixels x channels / 8)."""
+@functools.lru_cache(maxsize=None)
+def _compiled():  # type: ignore[no-untyped-def]
+    """The compiled-kernel modules, imported once (an import statement per call cost ~1 us each)."""
     from . import _amx_kernels as ak
     from . import _numba_kernels as nk
 
+    return ak, nk
+
+
+def _amx_threads(work: int) -> tuple[bool, int]:
+    """(parallel, chunks) for an amx launch of ``work`` units (64-bit words x pixels x channels / 8)."""
+    ak, nk = _compiled()
     if not ak.request_amx():  # cached; without the OS's permission an AMX instruction is SIGILL
         raise RuntimeError("this process has no AMX tile state; use kernel 'avx512' or 'portable'")
-    parallel = nk.use_threads(work)
-    return parallel, (4 * nk.numba.get_num_threads() if parallel else 1)
+    threads = nk.pool_threads()
+    parallel = work >= nk.PARALLEL_MIN_WORK and threads > 1
+    return parallel, (4 * threads if parallel else 1)
 
 
 def _run_amx(x8: np.ndarray, geometry: tuple, weights: PackedConvWeights, out: np.ndarray, epi: np.ndarray,
              affine: bool) -> None:
-    from . import _amx_kernels as ak
-    from . import _numba_kernels as nk
-
+    ak, nk = _compiled()
     toff, abase, astride, pix, _ = geometry
     c_out = weights.out_channels
     out_i, out_f = _amx_outputs(out, c_out, affine)
@@ -404,8 +410,7 @@ def binary_conv2d_float(
 
         return binary_conv2d(pack_activations(x, kind), weights, stride, padding, impl=kind, epilogue=epilogue,
                              out=out)
-    from . import _numba_kernels as nk
-
+    ak, nk = _compiled()
     affine = epilogue is not None
     # Everything that depends only on the input shape is prepared once per layer and shape: at
     # batch 1 a 64@56 layer runs in ~0.1 ms, and the Python around it had cost 10-15% of that.
@@ -429,8 +434,6 @@ def binary_conv2d_float(
         nhwc = nhwc.float().contiguous()
     out_i, out_f = _amx_outputs(out, c_out, affine)
     parallel, chunks = _amx_threads(work)
-    from . import _amx_kernels as ak
-
     n_, h_, w_, c_, ph, pw, cp, nbytes, toff, abase, astride, pix = args
     nk.launch(ak.sign_conv_amx if parallel else ak.sign_conv_amx_serial, nhwc.numpy().reshape(-1), n_, h_, w_,
               c_, ph, pw, cp, ak.input_buffer(nbytes), weights.amx_tiles(), toff, abase, astride, pix, c_out,
