@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +216,28 @@ def _signs_of(weights: K.PackedConvWeights) -> torch.Tensor:
     """The +-1 weight tensor (C_out, C_in, KH, KW) stored in ``weights``."""
     signs = P.unpack_signs_numpy(weights.bits, weights.in_channels)  # (C_out, KH, KW, C_in)
     return torch.from_numpy(signs.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+@pytest.mark.skipif(not COMPILED, reason="numba not installed")
+def test_kernel_threads_leave_torch_thread_count_alone() -> None:
+    # numba's OpenMP pool shares PyTorch's OpenMP runtime; starting it once set the runtime's
+    # thread count to numba's, so a 1-thread PyTorch ran 2 threads. Needs a fresh process: the
+    # pool starts once per process.
+    code = (
+        "import torch, numpy as np\n"
+        "torch.set_num_threads(1)\n"
+        "from recu.deploy import kernels as K, pack as P\n"
+        "K.set_num_threads(2)\n"
+        "w = K.PackedConvWeights(P.pack_weights(torch.randn(64, 64, 3, 3)), 64)\n"
+        "K.binary_conv2d_float(torch.randn(1, 64, 40, 40), w, 1, 1)\n"
+        "import numba\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), numba.threading_layer())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_NUM_THREADS")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    torch_threads, numba_threads, layer = res.stdout.split()
+    assert (torch_threads, numba_threads) == ("1", str(min(2, os.cpu_count() or 1)))
 
 
 def test_unavailable_kernel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
