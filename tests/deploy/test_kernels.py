@@ -240,6 +240,21 @@ def test_kernel_threads_leave_torch_thread_count_alone() -> None:
     assert (torch_threads, numba_threads) == ("1", str(min(2, os.cpu_count() or 1)))
 
 
+def test_layer_kernel_auto_sends_narrow_layers_to_popcount(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(K, "has_amx", lambda: True)
+    monkeypatch.setattr(K, "has_vpopcntdq", lambda: True)
+    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.delenv(K.ENV_VAR, raising=False)
+    assert K.layer_kernel(None, 16) == "avx512"
+    assert K.layer_kernel("auto", 63) == "avx512"
+    assert K.layer_kernel(None, 64) == "amx"
+    assert K.layer_kernel("amx", 16) == "amx"  # an explicit choice is kept
+    monkeypatch.setenv(K.ENV_VAR, "amx")
+    assert K.layer_kernel(None, 16) == "amx"
+    monkeypatch.setattr(K, "has_vpopcntdq", lambda: False)
+    assert K.layer_kernel("auto", 16) == "amx"  # amx beats the portable kernel anywhere
+
+
 def test_unavailable_kernel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(K, "has_amx", lambda: False)
     with pytest.raises(RuntimeError, match="AMX-INT8"):

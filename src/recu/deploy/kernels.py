@@ -13,7 +13,8 @@ Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL
 
 - ``auto`` (default): ``amx`` when numba is installed, the CPU has AMX-INT8 and Linux grants the
   process the tile state; else ``avx512`` when the CPU has AVX-512 VPOPCNTDQ; else ``portable``
-  when numba is installed; else ``numpy``.
+  when numba is installed; else ``numpy``. Per layer (:func:`layer_kernel`), ``auto`` keeps layers
+  with fewer than 64 input channels on ``avx512``, which is faster there.
 - ``amx``: the signs as int8 +-1 on Intel AMX tiles (:mod:`recu.deploy._amx_kernels`): 16,384
   multiply-accumulates per ``tdpbssd``, three times the popcount kernel's ceiling on this kind of
   core. The padding is materialised as int8 zeros, which add 0 exactly as in training. The file
@@ -46,6 +47,8 @@ __all__ = [
     "KERNELS",
     "ENV_VAR",
     "resolve_kernel",
+    "layer_kernel",
+    "AMX_MIN_CHANNELS",
     "has_vpopcntdq",
     "has_amx",
     "numba_available",
@@ -135,6 +138,23 @@ def resolve_kernel(impl: Optional[str] = None) -> str:
         raise RuntimeError("kernel 'amx' needs a CPU with AMX-INT8 and a Linux kernel that grants the tile "
                            "state (5.16 or later); use 'avx512', 'portable' or 'auto'")
     return choice
+
+
+# Below one full 64-channel group the amx path multiplies mostly zero padding: measured on layers of
+# 16-48 input channels the popcount kernel was 1.0-1.8x faster, from 64 channels on amx 1.3-2.2x.
+AMX_MIN_CHANNELS = 64
+
+
+def layer_kernel(impl: Optional[str], in_channels: int) -> str:
+    """The path for one layer with ``in_channels`` inputs: :func:`resolve_kernel`, except that an
+    ``auto`` choice of ``amx`` goes to ``avx512`` below :data:`AMX_MIN_CHANNELS` input channels
+    (when the CPU has VPOPCNTDQ). An explicit choice is always kept."""
+    kind = resolve_kernel(impl)
+    if kind == "amx" and in_channels < AMX_MIN_CHANNELS and has_vpopcntdq():
+        choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
+        if choice.strip().lower() == "auto":
+            return "avx512"
+    return kind
 
 
 def set_num_threads(n: int) -> None:
@@ -298,7 +318,7 @@ def binary_conv2d(
     ph, pw = _pair(padding, "padding")
     if min(sh, sw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
-    kind = resolve_kernel(impl)
+    kind = layer_kernel(impl, weights.in_channels)
     n, h, w, _ = a.shape
     kh_, kw_ = weights.kernel_size
     shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
@@ -402,7 +422,7 @@ def binary_conv2d_float(
     int8 signs with their zero padding and runs the convolution in one compiled call. Same results
     on every path. ``epilogue``: the layer's :func:`epilogue_table` (float32 output), else int32.
     """
-    kind = resolve_kernel(impl)
+    kind = layer_kernel(impl, weights.in_channels)
     if kind != "amx":
         if x.dim() != 4 or x.shape[1] != weights.in_channels:
             raise ValueError(f"expected input (N, {weights.in_channels}, H, W), got {tuple(x.shape)}")

@@ -28,6 +28,7 @@ from .kernels import (
     PackedConvWeights,
     binary_conv2d_float,
     epilogue_table,
+    layer_kernel,
     resolve_kernel,
     set_num_threads,
 )
@@ -86,7 +87,7 @@ class PackedConv2d(nn.Module):
     def extra_repr(self) -> str:
         kh, kw = self.weights.kernel_size
         return (f"{self.in_channels}, {self.out_channels}, kernel_size=({kh}, {kw}), stride={self.stride}, "
-                f"padding={self.padding}, impl={resolve_kernel(self.impl)!r}")
+                f"padding={self.padding}, impl={layer_kernel(self.impl, self.in_channels)!r}")
 
 
 class PackedLinear(PackedConv2d):
