@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import recu.data.cifar as C
-from recu.data import DataBundle, build_loaders
+from recu.data import DataBundle, build_loaders, build_test_loader
 from recu.data.cifar import CIFAR10, ChecksumError, cifar_classes, download_cifar, load_cifar, md5sum
 
 
@@ -155,6 +155,22 @@ def test_build_loaders_on_cifar_layout(cifar10_dir, monkeypatch):
     assert torch.equal(sub.train.images, again.train.images)  # the subset does not follow the run seed
     with pytest.raises(ValueError, match="subset"):
         build_loaders("cifar10", str(root), 8, 25, "cpu", seed=0, subset=101)
+
+
+def test_build_test_loader_reads_only_the_test_split(cifar10_dir, monkeypatch):
+    root, md5 = cifar10_dir
+    monkeypatch.setitem(C.CIFAR_SPECS, "cifar10", dataclasses.replace(CIFAR10, md5=md5))
+    want = build_loaders("cifar10", str(root), 8, 25, "cpu", seed=0).test
+    for i in range(1, 6):  # `recu eval` must not need (or md5-check) the training split
+        (root / "cifar-10-batches-py" / f"data_batch_{i}").unlink()
+    test = build_test_loader("cifar10", str(root), 25, "cpu")
+    assert test.num_samples == 30 and len(test) == 2
+    for (x, y), (xw, yw) in zip(test, want):
+        assert torch.equal(x, xw) and torch.equal(y, yw)
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        build_loaders("cifar10", str(root), 8, 25, "cpu", seed=0)
+    with pytest.raises(ValueError, match="cifar10"):
+        build_test_loader("mnist", None, 8, "cpu")
 
 
 def test_build_loaders_unknown_dataset():

@@ -11,7 +11,7 @@ import torch
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
-from recu.data import build_loaders  # noqa: E402
+from recu.data import build_loaders, build_test_loader  # noqa: E402
 from recu.data.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from recu.data.imagenet import (  # noqa: E402
     LIGHTING_EIGVAL,
@@ -150,3 +150,8 @@ def test_build_loaders_imagenet(tree, monkeypatch):
     monkeypatch.delenv("RECU_IMAGENET_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="RECU_IMAGENET_DIR"):
         build_loaders("imagenet", None, 2, 2, "cpu", seed=0)
+    test = build_test_loader("imagenet", str(tree), 4, "cpu", workers=0)  # val/ only
+    for (xa, ya), (xb, yb) in zip(test, b.test):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    with pytest.raises(FileNotFoundError, match="RECU_IMAGENET_DIR"):
+        build_test_loader("imagenet", None, 2, "cpu")

@@ -41,6 +41,18 @@ def test_two_epochs_equal_one_plus_resume_one(tmp_path):
     assert len(lines) == 2  # one record per epoch, none duplicated by the resume
 
 
+def test_recu_eval_reproduces_the_final_test_accuracy(tmp_path, capsys):
+    import json
+
+    from recu.cli import main
+
+    res = train(_cfg(tmp_path, "e", "epochs=1", "warmup_epochs=0"))
+    assert main(["eval", str(tmp_path / "e" / "last.pt"), "--device", "cpu", "--batch-size", "97"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epoch"] == 0
+    assert abs(out["top1"] - res["final_top1"]) < 1e-9  # same model, same test split, any batch size
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     train(_cfg(tmp_path, "r", "epochs=2"))
     with pytest.raises(ValueError, match="already holds a run.*--resume"):

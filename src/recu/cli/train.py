@@ -42,16 +42,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..data import build_loaders
+    from ..data import build_test_loader
     from ..train import evaluate, load_checkpoint, model_from_checkpoint
     from ..train.distributed import resolve_device
 
     state = load_checkpoint(args.checkpoint)
     cfg = state.get("config", {})
     device = resolve_device(args.device)
-    data = build_loaders(args.dataset or cfg.get("dataset", "cifar10"), args.data_dir or cfg.get("data_dir"),
-                         batch_size=args.batch_size, eval_batch_size=args.batch_size, device=device, seed=0)
+    test = build_test_loader(args.dataset or cfg.get("dataset", "cifar10"), args.data_dir or cfg.get("data_dir"),
+                             batch_size=args.batch_size, device=device)
     model = model_from_checkpoint(state, args.checkpoint).to(device)
-    result = evaluate(model, data.test, device)
+    result = evaluate(model, test, device)
     print(json.dumps({"checkpoint": args.checkpoint, "epoch": state.get("epoch"), **result}))
     return 0

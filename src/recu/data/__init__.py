@@ -22,7 +22,8 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .cifar import CIFAR_SPECS, ChecksumError, load_cifar
 from .loader import InMemoryLoader
 
-__all__ = ["DataBundle", "Loader", "DATASETS", "SUBSET_SEED", "build_loaders", "subset_indices", "ChecksumError"]
+__all__ = ["DataBundle", "Loader", "DATASETS", "SUBSET_SEED", "build_loaders", "build_test_loader", "subset_indices",
+           "ChecksumError"]
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagenet")
 SUBSET_SEED = 0  # the subset is the same for every run seed, so runs on a subset stay comparable
@@ -123,9 +124,39 @@ def build_loaders(
     return DataBundle(train, test, classes, size)
 
 
-def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, seed, rank, world_size):  # type: ignore[no-untyped-def]
-    from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
+def build_test_loader(
+    dataset: str,
+    root: Optional[Union[str, "os.PathLike[str]"]],
+    batch_size: int,
+    device: Device,
+    download: bool = False,
+    workers: int = 4,
+) -> Loader:
+    """The test loader of ``dataset`` alone (``recu eval``): the training split is not read.
 
+    Same arguments and the same test loader as :func:`build_loaders`; for ImageNet the labels
+    are the sorted class folders of ``val/`` (which :func:`build_loaders` checks equal ``train/``'s).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    if dataset in CIFAR_SPECS:
+        x_te, y_te = load_cifar(root, dataset, train=False, download=download)
+        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255)
+    elif dataset == "digits":
+        from .digits import DIGITS_MAX, digits_stats, load_digits
+
+        x_te, y_te = load_digits(train=False)
+        mean, std = digits_stats()
+        norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
+    else:
+        from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
+
+        val_samples, _ = scan_class_folders(_imagenet_root(root) / "val")
+        return ImageFolderLoader(ImageFolderDataset(val_samples, train=False), batch_size, device, 0, 0, 1, workers)
+    return InMemoryLoader(x_te, y_te, batch_size, device, train=False, **norm)  # type: ignore[arg-type]
+
+
+def _imagenet_root(root: Optional[Union[str, "os.PathLike[str]"]]) -> Path:
     if root is None:
         root = os.environ.get(IMAGENET_ENV)
         if not root:
@@ -133,7 +164,13 @@ def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augmen
                 f"no ImageNet folder given and {IMAGENET_ENV} is not set: point --data-dir or {IMAGENET_ENV} "
                 f"at the folder holding train/<class>/ and val/<class>/"
             )
-    root = Path(root).expanduser()
+    return Path(root).expanduser()
+
+
+def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, seed, rank, world_size):  # type: ignore[no-untyped-def]
+    from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
+
+    root = _imagenet_root(root)
     train_samples, classes = scan_class_folders(root / "train")
     val_samples, val_classes = scan_class_folders(root / "val")
     if val_classes != classes:
