@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as RF
+from .kernels import layer_kernel
 from .pack import unpack_signs_numpy
 from .runtime import PackedConv2d, PackedLinear, PackedModel
 
@@ -169,6 +170,8 @@ def run_benchmark(packed: PackedModel, input_shape: tuple[int, ...], batches: tu
                 res.layers_packed = layer_times(packed.model, lambda: packed(x), repeat=max(3, repeat // 2))
                 res.layers_eager = layer_times(ref, lambda: ref(xr), repeat=max(3, repeat // 2))
             res.layer_types = {n: type(m).__name__ for n, m in packed.model.named_modules() if n}
+            for n, m in packed.packed_layers():  # which kernel path each packed layer runs
+                res.layer_types[n] += f"[{layer_kernel(m.impl, m.in_channels)}]"
     finally:
         torch.set_num_threads(old_threads)
     return res
@@ -190,14 +193,14 @@ def format_result(res: BenchResult, top: int = 0) -> str:
     if res.layers_packed:
         lines.append("")
         lines.append(f"per layer, batch {next(iter(res.timings))} (median ms): packed vs eager")
-        lines.append(f"{'layer':<28} {'type':<16} {'packed':>8} {'eager':>8} {'ratio':>7}")
+        lines.append(f"{'layer':<28} {'type':<22} {'packed':>8} {'eager':>8} {'ratio':>7}")
         order = sorted(res.layers_packed, key=lambda n: -res.layers_eager.get(n, 0.0))
         if top:
             order = order[:top]
         for n in order:
             p, e = res.layers_packed[n], res.layers_eager.get(n, float("nan"))
-            lines.append(f"{n:<28} {res.layer_types.get(n, '?'):<16} {p * 1e3:>8.3f} {e * 1e3:>8.3f} "
+            lines.append(f"{n:<28} {res.layer_types.get(n, '?'):<22} {p * 1e3:>8.3f} {e * 1e3:>8.3f} "
                          f"{e / p if p else float('nan'):>6.1f}x")
-        lines.append(f"{'total (hooked layers)':<45} {sum(res.layers_packed.values()) * 1e3:>8.3f} "
+        lines.append(f"{'total (hooked layers)':<51} {sum(res.layers_packed.values()) * 1e3:>8.3f} "
                      f"{sum(res.layers_eager.values()) * 1e3:>8.3f}")
     return "\n".join(lines)
