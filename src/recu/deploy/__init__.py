@@ -1,8 +1,8 @@
-"""1-bit export and exact XNOR-popcount inference on the CPU.
+"""1-bit export and exact binary inference on the CPU (XNOR-popcount or Intel AMX int8 tiles).
 
 - :mod:`recu.deploy.pack`: bit packing (sign, +1 at 0) along channels into uint64 words.
-- :mod:`recu.deploy.kernels`: binary conv2d on packed data (numba, AVX-512 VPOPCNTDQ or portable;
-  NumPy reference), exact zero padding.
+- :mod:`recu.deploy.kernels`: binary conv2d (numba: Intel AMX, AVX-512 VPOPCNTDQ or portable
+  popcount; NumPy reference), exact zero padding, all paths giving the same integers.
 - :mod:`recu.deploy.export`: :func:`export` a model to a safetensors + JSON file, 1 bit per binary weight.
 - :mod:`recu.deploy.runtime`: :func:`load` that file into a packed CPU inference model.
 
@@ -17,6 +17,7 @@ from .export import export
 from .kernels import (
     PackedConvWeights,
     binary_conv2d,
+    binary_conv2d_float,
     binary_conv2d_numpy,
     resolve_kernel,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "PackedModel",
     "PackedConvWeights",
     "binary_conv2d",
+    "binary_conv2d_float",
     "binary_conv2d_numpy",
     "resolve_kernel",
 ]

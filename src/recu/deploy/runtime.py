@@ -2,8 +2,9 @@
 
 The float parts (stem, BatchNorms that could not be folded, hardtanh, pooling, shortcuts, the
 classifier) run in PyTorch; every exported binary convolution is replaced by a
-:class:`PackedConv2d` that packs its float input by sign (+1 at 0) straight from the float
-tensor and runs the XNOR-popcount kernel. Its output is an NHWC buffer handed to PyTorch as a
+:class:`PackedConv2d` that binarises its float input by sign (+1 at 0) straight from the float
+tensor and runs the layer's kernel path (:func:`recu.deploy.kernels.layer_kernel`: Intel AMX
+int8 tiles or XNOR-popcount, the same integers either way). Its output is an NHWC buffer handed to PyTorch as a
 channels_last NCHW tensor, and :class:`PackedModel` feeds the network channels_last input, so no
 layout conversion happens between layers.
 
