@@ -332,7 +332,7 @@ def _sign_pixel(x, src, c_, y, dst, cp_):  # type: ignore[no-untyped-def]
 
 @_jit()
 def _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y):  # type: ignore[no-untyped-def]
-    """Padded row ``r`` (= n * Hp + i) of :func:`sign_nhwc_padded`: signs inside, zeros in the padding."""
+    """Padded row ``r`` (= n * Hp + i) of :func:`sign_nhwc_padded_serial`: signs inside, zeros in the padding."""
     n = r // hp
     i = r - n * hp
     base = r * wp * cp_
@@ -352,18 +352,9 @@ def _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y):  # type: ignore[no-unty
         _sign_pixel(x, src + w * c_, c_, y, base + (pw + w) * cp_, cp_)
 
 
-@_jit(parallel=True)
-def sign_nhwc_padded(x, n_, h_, w_, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
-    """x: float32 flat NHWC -> y: int8 flat ``(N, H + 2 ph, W + 2 pw, Cp)`` + slack (zeroed): +-1 inside."""
-    hp, wp = h_ + 2 * ph, w_ + 2 * pw
-    for r in prange(n_ * hp):
-        _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y)
-    y[n_ * hp * wp * cp_:] = 0
-
-
 @_jit()
 def sign_nhwc_padded_serial(x, n_, h_, w_, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
-    """:func:`sign_nhwc_padded` on the calling thread."""
+    """x: float32 flat NHWC -> y: int8 flat ``(N, H + 2 ph, W + 2 pw, Cp)`` + slack (zeroed): +-1 inside."""
     hp, wp = h_ + 2 * ph, w_ + 2 * pw
     for r in range(n_ * hp):
         _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y)
@@ -429,7 +420,7 @@ def conv_amx_serial(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, 
 @_jit(parallel=True)
 def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f,
                   affine, cfg, chunks):  # type: ignore[no-untyped-def]
-    """:func:`sign_nhwc_padded` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call."""
+    """:func:`sign_nhwc_padded_serial` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call."""
     hp, wp = h_ + 2 * ph, w_ + 2 * pw
     for r in prange(n_ * hp):
         _sign_row(r, xf, h_, w_, c_, ph, pw, hp, wp, cp_, x8)
@@ -469,7 +460,7 @@ def _bits_row(r, a, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
 
 @_jit()
 def bits_to_int8_padded(a, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
-    """Packed NHWC uint64 signs -> the int8 padded layout of :func:`sign_nhwc_padded` (for packed inputs)."""
+    """Packed NHWC uint64 signs -> the int8 padded layout of :func:`sign_nhwc_padded_serial` (for packed inputs)."""
     n_, h_ = a.shape[0], a.shape[1]
     hp, wp = h_ + 2 * ph, a.shape[2] + 2 * pw
     for r in range(n_ * hp):
@@ -570,8 +561,7 @@ def plan(n: int, h: int, w: int, cw: int, kh: int, kw: int, sh: int, sw: int, ph
         astride = sw * cp
     tiles = starts.shape[0]
     abase = (np.arange(n)[:, None] * plane + starts[None, :]).reshape(-1)
-    pix = (np.arange(n)[:, None] * (oh * ow) + np.where(pix_img < 0, -(1 << 40), pix_img)[None, :]).reshape(-1)
-    pix = np.where(pix < 0, -1, pix)
+    pix = np.where(pix_img[None, :] < 0, -1, np.arange(n)[:, None] * (oh * ow) + pix_img[None, :]).reshape(-1)
     pad = -(n * tiles) % GROUP  # dummy tiles read the start of the buffer and write nothing
     abase = np.concatenate([abase, np.zeros(pad, np.int64)]).astype(np.int64)
     pix = np.concatenate([pix, -np.ones(pad * TILE_ROWS, np.int64)]).astype(np.int64)
