@@ -240,6 +240,28 @@ def test_kernel_threads_leave_torch_thread_count_alone() -> None:
     assert (torch_threads, numba_threads) == ("1", str(min(2, os.cpu_count() or 1)))
 
 
+@pytest.mark.skipif(not COMPILED or not hasattr(os, "fork"), reason="numba not installed / no fork")
+def test_forked_child_on_one_thread_runs_the_kernels() -> None:
+    # Under the OpenMP threading layer a forked child must not start a parallel region (GNU OpenMP
+    # hangs, PyTorch's own ops included); on one thread, as DataLoader workers run, it must work.
+    code = (
+        "import os, torch, numpy as np\n"
+        "from recu.deploy import kernels as K, pack as P\n"
+        "torch.set_num_threads(2); K.set_num_threads(2)\n"
+        "w = K.PackedConvWeights(P.pack_weights(torch.randn(64, 64, 3, 3)), 64)\n"
+        "x = torch.randn(1, 64, 40, 40)\n"
+        "a = K.binary_conv2d_float(x, w, 1, 1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    torch.set_num_threads(1); K.set_num_threads(1)\n"
+        "    os._exit(0 if np.array_equal(K.binary_conv2d_float(x, w, 1, 1), a) else 3)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0"]
+
+
 def test_layer_kernel_auto_sends_narrow_layers_to_popcount(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(K, "has_amx", lambda: True)
     monkeypatch.setattr(K, "has_vpopcntdq", lambda: True)
