@@ -210,6 +210,8 @@ def test_float_path_bad_input(impl: str) -> None:
     assert np.array_equal(K.binary_conv2d_float(x, weights, 1, 1, impl=impl), torch_dot(x, _signs_of(weights), 1, 1))
     x = torch.randn(2, 8, 7, 4)
     assert np.array_equal(K.binary_conv2d_float(x, weights, 2, 0, impl=impl), torch_dot(x, _signs_of(weights), 2, 0))
+    assert np.array_equal(K.binary_conv2d_float(x, weights, [2, 2], [0, 0], impl=impl),  # lists work too
+                          torch_dot(x, _signs_of(weights), 2, 0))
 
 
 def _signs_of(weights: K.PackedConvWeights) -> torch.Tensor:

@@ -434,7 +434,7 @@ def binary_conv2d_float(
     affine = epilogue is not None
     # Everything that depends only on the input shape is prepared once per layer and shape: at
     # batch 1 a 64@56 layer runs in ~0.1 ms, and the Python around it had cost 10-15% of that.
-    key = (tuple(x.shape), stride, padding, affine)
+    key = (tuple(x.shape), _pair(stride, "stride"), _pair(padding, "padding"), affine)
     prep = weights._amx_prepared.get(key)
     if prep is None:
         prep = _prepare_amx(tuple(x.shape), weights, stride, padding, affine)
@@ -464,9 +464,7 @@ def binary_conv2d_float(
 def _prepare_amx(xshape: tuple, weights: PackedConvWeights, stride: IntPair, padding: IntPair,
                  affine: bool) -> tuple:
     """Output shape and dtype, the static kernel arguments and the work count of one amx layer call."""
-    from . import _amx_kernels as ak
-    from . import _numba_kernels as nk
-
+    ak, nk = _compiled()
     if len(xshape) != 4 or xshape[1] != weights.in_channels:
         raise ValueError(f"expected input (N, {weights.in_channels}, H, W), got {xshape}")
     sh, sw = _pair(stride, "stride")
