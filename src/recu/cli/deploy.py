@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--num-classes", type=int, help="for a model name (default: 1000 for ImageNet models, else 10)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
     b.add_argument("--kernel", choices=["auto", "amx", "avx512", "portable", "numpy"],
-                   help="kernel path (default auto: amx, else avx512, else portable, else numpy)")
+                   help="kernel path (default auto: amx where the CPU has it, except layers under 64 input "
+                        "channels, which take avx512; else avx512, else portable, else numpy)")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     b.add_argument("--fuse-float", action="store_true",
                    help="fold BatchNorms into the full-precision convs too (faster; float rounding differs)")
