@@ -214,6 +214,15 @@ def test_float_path_bad_input(impl: str) -> None:
                           torch_dot(x, _signs_of(weights), 2, 0))
 
 
+@pytest.mark.parametrize("impl", PATHS)
+@pytest.mark.parametrize("stride,padding", [((1, 2), (2, 1)), ((2, 1), (0, 2)), ((3, 3), (1, 1))])
+def test_asymmetric_stride_and_padding(impl: str, stride: tuple, padding: tuple) -> None:
+    x, w = torch.randn(2, 70, 9, 11), torch.randn(20, 70, 3, 5)
+    weights = K.PackedConvWeights(P.pack_weights(w), 70)
+    want = F.conv2d(RF.sign(x), RF.sign(w), stride=stride, padding=padding).round().int().permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(K.binary_conv2d_float(x, weights, stride, padding, impl=impl), want)
+
+
 def _signs_of(weights: K.PackedConvWeights) -> torch.Tensor:
     """The +-1 weight tensor (C_out, C_in, KH, KW) stored in ``weights``."""
     signs = P.unpack_signs_numpy(weights.bits, weights.in_channels)  # (C_out, KH, KW, C_in)
