@@ -223,6 +223,16 @@ def test_asymmetric_stride_and_padding(impl: str, stride: tuple, padding: tuple)
     assert np.array_equal(K.binary_conv2d_float(x, weights, stride, padding, impl=impl), want)
 
 
+@pytest.mark.parametrize("impl", PATHS)
+def test_float_path_input_kinds(impl: str) -> None:
+    # NCHW or channels_last, float64, requiring grad: the same integers.
+    weights = K.PackedConvWeights(P.pack_weights(torch.randn(16, 64, 3, 3)), 64)
+    x = torch.randn(1, 64, 6, 7)
+    want = torch_dot(x, _signs_of(weights), 1, 1)
+    for v in (x, x.contiguous(memory_format=torch.channels_last), x.double(), x.clone().requires_grad_()):
+        assert np.array_equal(K.binary_conv2d_float(v, weights, 1, 1, impl=impl), want)
+
+
 def _signs_of(weights: K.PackedConvWeights) -> torch.Tensor:
     """The +-1 weight tensor (C_out, C_in, KH, KW) stored in ``weights``."""
     signs = P.unpack_signs_numpy(weights.bits, weights.in_channels)  # (C_out, KH, KW, C_in)
