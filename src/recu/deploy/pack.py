@@ -116,6 +116,7 @@ def pack_activations(x: Tensor, impl: Optional[str] = None) -> np.ndarray:
 
     if x.dim() != 4:
         raise ValueError(f"expected an NCHW activation tensor, got shape {tuple(x.shape)}")
+    x = x.detach()
     kind = resolve_kernel(impl)
     if kind == "numpy":
         return pack_signs_numpy(x.permute(0, 2, 3, 1))
