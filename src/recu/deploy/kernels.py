@@ -18,7 +18,8 @@ Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL
 - ``amx``: the signs as int8 +-1 on Intel AMX tiles (:mod:`recu.deploy._amx_kernels`): 16,384
   multiply-accumulates per ``tdpbssd``, three times the popcount kernel's ceiling on this kind of
   core. The padding is materialised as int8 zeros, which add 0 exactly as in training. The file
-  keeps 1 bit per weight; at run time the weights are held as int8 (8x the packed size).
+  keeps 1 bit per weight; at run time small layers hold int8 weights (8x the packed size), large
+  ones keep 1 bit per weight and expand each tile in the kernel.
 - ``avx512``: the compiled kernel blocked 4 output pixels x 16 output channels in 512-bit registers;
   LLVM emits ``vpopcntq zmm`` for it on a CPU with AVX-512 VPOPCNTDQ (checked by
   :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
@@ -218,7 +219,7 @@ class PackedConvWeights:
         return self._blocked
 
     def amx_tiles(self) -> np.ndarray:
-        """The int8 B tiles of the ``amx`` kernel (64-byte aligned), built once."""
+        """The B tiles of the ``amx`` kernel (int8, or 1 bit per weight for large layers; 64-byte aligned), built once."""
         if self._amx is None:
             from ._amx_kernels import amx_weights
 
@@ -277,6 +278,33 @@ def epilogue_numpy(dot: np.ndarray, epi: np.ndarray) -> np.ndarray:
     return (t.astype(np.float64) * a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
 
 
+def _output_geometry(n: int, h: int, w: int, weights: PackedConvWeights, stride: IntPair,
+                     padding: IntPair) -> tuple[int, int, int, int, tuple[int, int, int, int]]:
+    """(sh, sw, ph, pw, NHWC output shape) of a conv of ``weights`` over an (N, H, W) input; checks the values."""
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    kh_, kw_ = weights.kernel_size
+    shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
+    return sh, sw, ph, pw, shape
+
+
+def _check_epilogue(epi: np.ndarray, c_out: int) -> None:
+    if epi.dtype != np.float32 or epi.shape != (4 * c_out,) or not epi.flags.c_contiguous:
+        raise ValueError(f"epilogue must be a contiguous float32 array of shape ({4 * c_out},)")
+
+
+def _output_array(out: Optional[np.ndarray], shape: tuple, affine: bool) -> np.ndarray:
+    """``out`` after checking it fits (float32 with an epilogue, else int32), or a new array."""
+    dtype = np.float32 if affine else np.int32
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}")
+    return out
+
+
 def binary_conv2d(
     a: np.ndarray,
     weights: PackedConvWeights,
@@ -314,36 +342,24 @@ def binary_conv2d(
         raise ValueError("give either epilogue or scale/bias/bn_scale/bn_shift, not both")
     if scale is None and not (bias is None and bn_scale is None and bn_shift is None):
         raise ValueError("bias, bn_scale and bn_shift need scale (alpha; pass ones for none)")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
-    kind = layer_kernel(impl, weights.in_channels)
     n, h, w, _ = a.shape
+    sh, sw, ph, pw, shape = _output_geometry(n, h, w, weights, stride, padding)
+    kind = layer_kernel(impl, weights.in_channels)
     kh_, kw_ = weights.kernel_size
-    shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
     if epilogue is not None:
+        _check_epilogue(epilogue, weights.out_channels)
         epi = epilogue
-        if epi.dtype != np.float32 or epi.shape != (4 * weights.out_channels,) or not epi.flags.c_contiguous:
-            raise ValueError(f"epilogue must be a contiguous float32 array of shape ({4 * weights.out_channels},)")
     elif affine:
         epi = epilogue_table(weights.out_channels, scale, bias, bn_scale, bn_shift)
     else:
         epi = np.empty(0, np.float32)
-    if out is not None and (out.shape != shape or out.dtype != (np.float32 if affine else np.int32)
-                            or not out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous {'float32' if affine else 'int32'} array of shape {shape}")
+    out = _output_array(out, shape, affine)
     if kind == "numpy":
         dot = binary_conv2d_numpy(a, weights, (sh, sw), (ph, pw))
-        res = epilogue_numpy(dot, epi) if affine else dot
-        if out is not None:
-            out[...] = res
-            return out
-        return res
+        out[...] = epilogue_numpy(dot, epi) if affine else dot
+        return out
     from . import _numba_kernels as nk
 
-    if out is None:
-        out = np.empty(shape, dtype=np.float32 if affine else np.int32)
     if kind == "amx":
         from . import _amx_kernels as ak
 
@@ -382,6 +398,11 @@ def _compiled():  # type: ignore[no-untyped-def]
     return ak, nk
 
 
+def _amx_work(pix: np.ndarray, toff: np.ndarray, c_out: int) -> int:
+    """Work units of an amx launch, in the popcount kernels' unit (64-bit words x pixels x channels / 8)."""
+    return pix.shape[0] * c_out * toff.shape[0] // _compiled()[1].LANES
+
+
 def _amx_threads(work: int) -> tuple[bool, int]:
     """(parallel, chunks) for an amx launch of ``work`` units (64-bit words x pixels x channels / 8)."""
     ak, nk = _compiled()
@@ -398,7 +419,7 @@ def _run_amx(x8: np.ndarray, geometry: tuple, weights: PackedConvWeights, out: n
     toff, abase, astride, pix, _ = geometry
     c_out = weights.out_channels
     out_i, out_f = _amx_outputs(out, c_out, affine)
-    parallel, chunks = _amx_threads(pix.shape[0] * c_out * toff.shape[0] // nk.LANES)
+    parallel, chunks = _amx_threads(_amx_work(pix, toff, c_out))
     nk.launch(ak.conv_amx if parallel else ak.conv_amx_serial, x8, weights.amx_tiles(), toff, abase, astride,
               pix, c_out, out_i, epi, out_f, affine, ak.TILE_CONFIG, chunks)
 
@@ -441,14 +462,11 @@ def binary_conv2d_float(
         if len(weights._amx_prepared) >= 64:  # many input sizes: keep the memory bounded
             weights._amx_prepared.clear()
         weights._amx_prepared[key] = prep
-    shape, dtype, args, work = prep
+    shape, args, work = prep
     c_out = shape[3]
-    if affine and (epilogue.dtype != np.float32 or epilogue.shape != (4 * c_out,) or not epilogue.flags.c_contiguous):
-        raise ValueError(f"epilogue must be a contiguous float32 array of shape ({4 * c_out},)")
-    if out is None:
-        out = np.empty(shape, dtype=dtype)
-    elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}")
+    if affine:
+        _check_epilogue(epilogue, c_out)
+    out = _output_array(out, shape, affine)
     # NumPy views cost a fraction of torch ops, and a ~0.1 ms layer notices.
     nhwc = (x.detach() if x.requires_grad else x).numpy().transpose(0, 2, 3, 1) if x.dtype == torch.float32 else None
     if nhwc is None or not nhwc.flags.c_contiguous:
@@ -464,22 +482,17 @@ def binary_conv2d_float(
 
 def _prepare_amx(xshape: tuple, weights: PackedConvWeights, stride: IntPair, padding: IntPair,
                  affine: bool) -> tuple:
-    """Output shape and dtype, the static kernel arguments and the work count of one amx layer call."""
-    ak, nk = _compiled()
+    """Output shape, the static kernel arguments and the work count of one amx layer call."""
+    ak, _ = _compiled()
     if len(xshape) != 4 or xshape[1] != weights.in_channels:
         raise ValueError(f"expected input (N, {weights.in_channels}, H, W), got {xshape}")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
     n, c, h, w = (int(v) for v in xshape)
+    sh, sw, ph, pw, shape = _output_geometry(n, h, w, weights, stride, padding)
     kh_, kw_ = weights.kernel_size
-    shape = (n, output_size(h, kh_, sh, ph), output_size(w, kw_, sw, pw), weights.out_channels)
     cw = weights.bits.shape[3]
     toff, abase, astride, pix, nbytes = ak.plan(n, h, w, cw, kh_, kw_, sh, sw, ph, pw)
     args = (n, h, w, c, ph, pw, 64 * cw, nbytes, toff, abase, astride, pix)
-    work = pix.shape[0] * shape[3] * toff.shape[0] // nk.LANES
-    return shape, (np.float32 if affine else np.int32), args, work
+    return shape, args, _amx_work(pix, toff, shape[3])
 
 
 def fast_kernel_asm() -> str:
