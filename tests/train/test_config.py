@@ -1,6 +1,7 @@
 import pytest
 
 from recu.train import TrainConfig
+from recu.train.config import parse_duration
 
 
 def test_defaults_are_the_cifar10_recipe():
@@ -45,3 +46,15 @@ def test_bad_values_name_the_problem(override, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TrainConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text, seconds", [("2h30m", 9000.0), ("90m", 5400.0), ("1.5h", 5400.0), ("45s", 45.0),
+                                           ("1h0m30s", 3630.0), ("5400", 5400.0), ("0.5", 0.5)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2x", "h", "2h30", "30m2h5", "-5", "0", "inf", "nan"])
+def test_parse_duration_rejects_what_is_not_a_duration(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)

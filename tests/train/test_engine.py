@@ -106,3 +106,46 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+class _TenSecondEpochs:
+    """A callback that makes every epoch last exactly 10 s on the engine's (fake) clock."""
+
+    def __init__(self, clock: list) -> None:
+        self.clock = clock
+
+    def on_train_begin(self, model, run_dir, epochs):
+        pass
+
+    def on_epoch_end(self, model, epoch):
+        self.clock[0] += 10.0
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_time_limit_stops_after_the_last_epoch_that_fits_and_resume_finishes(tmp_path, monkeypatch):
+    from recu.train import engine
+
+    clock = [0.0]
+    monkeypatch.setattr(engine, "_clock", lambda: clock[0])
+    # epochs end at 10, 20, 30 s; after epoch 3 the next would end at 30 + 1.1 * 10 = 41 > 35
+    cut = train(_cfg(tmp_path, "cut", "epochs=5"), callbacks=[_TenSecondEpochs(clock)], time_limit=35.0)
+    assert cut["stopped_by_time_limit"] and cut["last_epoch"] == 3
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    clock[0] = 0.0
+    done = train(_cfg(tmp_path, "cut", "epochs=5"), callbacks=[_TenSecondEpochs(clock)], resume=True,
+                 time_limit=1000.0)
+    assert not done["stopped_by_time_limit"] and done["last_epoch"] == 5
+    straight = train(_cfg(tmp_path, "straight", "epochs=5"))
+    _assert_same(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "cut" / "last.pt"))
+    assert done["final_top1"] == straight["final_top1"]
+
+
+def test_time_limit_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="time_limit must be a positive"):
+        train(_cfg(tmp_path, "x", "epochs=2"), time_limit=0)

@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="shortcut for --set data_dir=PATH")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="end the job after epoch N (e.g. a cluster time slice); --resume continues it")
+    p.add_argument("--time-limit", type=_duration, metavar="DURATION",
+                   help="wall-clock budget for this job, e.g. 2h30m, 90m or 5400 (seconds): it stops after the "
+                        "last epoch that fits (estimated from the epoch before, +10%%), with its checkpoint "
+                        "written; --resume continues it")
     p.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
@@ -27,6 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_eval)
 
 
+def _duration(text: str) -> float:
+    from ..train.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 
@@ -34,8 +47,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = TrainConfig.from_yaml(args.config, overrides)
-    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
-    if result.get("final_top1") is not None and args.stop_after is None:
+    result = train(cfg, resume=args.resume, stop_after=args.stop_after, time_limit=args.time_limit)
+    if result.get("final_top1") is not None and result["last_epoch"] == result["epochs"]:
         print(f"final test top-1 {result['final_top1']:.2f}% (best {result['best_top1']:.2f}% "
               f"at epoch {result['best_epoch'] + 1}); run in {result['run_dir']}")
     return 0

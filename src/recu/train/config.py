@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["TrainConfig", "parse_override"]
+__all__ = ["TrainConfig", "parse_override", "parse_duration"]
 
 _CHOICES = {
     "optimizer": ("sgd", "adam"),
@@ -141,6 +142,25 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ValueError(f"override {item!r} must look like key=value")
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"2h30m"`` -> 9000.0 seconds; also ``"90m"``, ``"1.5h"``, ``"45s"``, ``"5400"`` (plain seconds)."""
+    raw = str(text).strip().lower()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _DURATION_PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(f"duration {text!r} must look like 2h30m, 90m, 1.5h, 45s or a number of seconds") from None
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"duration {text!r} must be a positive, finite time")
+    return seconds
 
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
 from .log import MetricsLog, Progress, read_metrics
 
+# the wall clock of the time limit (a module attribute so that tests can drive it)
+_clock = time.monotonic
+
 __all__ = ["train", "Trainer", "lr_factor", "param_groups", "evaluate", "build_model", "model_from_checkpoint"]
 
 
@@ -99,10 +102,13 @@ class Trainer:
     """One training run of a :class:`TrainConfig`. ``fit()`` trains and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False,
-                 stop_after: Optional[int] = None) -> None:
+                 stop_after: Optional[int] = None, time_limit: Optional[float] = None) -> None:
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
         self.cfg = cfg
         self.resume = resume
         self.stop_after = stop_after
+        self.time_limit = time_limit
         self.extra_callbacks = list(callbacks or [])
 
     # -- set-up -------------------------------------------------------------------------------
@@ -255,9 +261,22 @@ class Trainer:
         return {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
                 "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
 
+    def _out_of_time(self, job_start: float, epoch_start: float) -> bool:
+        """Would one more epoch, as long as the one just finished (with its evaluation and checkpoint),
+        end past the time limit? Every process takes the same decision (the slowest one's)."""
+        if self.time_limit is None:
+            return False
+        now = _clock()
+        # 10% margin: epochs vary by a few percent, and the first one of a job carries compilation
+        over = (now - job_start) + 1.1 * (now - epoch_start) > self.time_limit
+        flag = torch.tensor([float(over)], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(flag, self.dist).item() > 0)
+
     def fit(self) -> dict[str, Any]:
+        job_start = _clock()
         self._setup()
         cfg = self.cfg
+        stopped_by_time = False
         try:
             if self.start_epoch == 0:
                 for cb in self.callbacks:
@@ -265,6 +284,7 @@ class Trainer:
             record: dict[str, Any] = self.last_record
             end = cfg.epochs if self.stop_after is None else min(cfg.epochs, self.stop_after)
             for epoch in range(self.start_epoch, end):
+                epoch_start = _clock()
                 lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -296,9 +316,16 @@ class Trainer:
                     self.log.write(record)
                     print(_epoch_line(record, cfg.epochs), flush=True)
                 barrier(self.dist)
+                if epoch + 1 < end and self._out_of_time(job_start, epoch_start):
+                    stopped_by_time = True
+                    if self.dist.is_main:
+                        print(f"time limit: stopping after epoch {epoch + 1}/{cfg.epochs}, checkpoint in "
+                              f"{self.run_dir / 'last.pt'}; continue with --resume", flush=True)
+                    break
             return {"final_top1": record.get("test_top1"), "final_top5": record.get("test_top5"),
                     "best_top1": self.best_top1, "best_epoch": self.best_epoch, "run_dir": str(self.run_dir),
-                    "epochs": cfg.epochs}
+                    "epochs": cfg.epochs, "last_epoch": int(record.get("epoch", self.start_epoch - 1)) + 1,
+                    "stopped_by_time_limit": stopped_by_time}
         finally:
             if self.log is not None:
                 self.log.close()
@@ -317,10 +344,13 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
 
 
 def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: bool = False,
-          stop_after: Optional[int] = None) -> dict[str, Any]:
-    """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch`` and ``run_dir``.
+          stop_after: Optional[int] = None, time_limit: Optional[float] = None) -> dict[str, Any]:
+    """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch``, ``run_dir``, ``last_epoch``
+    (epochs done so far) and ``stopped_by_time_limit``.
 
     ``resume`` continues the run in ``cfg.run_dir`` from its ``last.pt``. ``stop_after=N`` ends the
-    job after epoch N (a time-sliced job on a cluster); ``--resume`` continues it exactly.
+    job after epoch N; ``time_limit`` (seconds of wall clock from the call) ends it after the last
+    epoch that fits, as estimated from the epoch before (a time-sliced job on a cluster). Either way
+    the checkpoint of the last epoch is written and ``resume=True`` continues the run exactly.
     """
-    return Trainer(cfg, callbacks, resume, stop_after).fit()
+    return Trainer(cfg, callbacks, resume, stop_after, time_limit).fit()
