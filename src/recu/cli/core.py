@@ -17,10 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from .. import pretrained
     from ..models import available
 
     for name in available():
-        print(name)
+        if name in pretrained.PRETRAINED:
+            entry = pretrained.PRETRAINED[name]
+            print(f"{name}  (pretrained: {entry.dataset} test top-1 {entry.test_top1:.2f}%)")
+        else:
+            print(name)
     return 0
 
 

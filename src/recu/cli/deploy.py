@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
     b = sub.add_parser("bench", help="latency/throughput of the packed model vs PyTorch eager and torch.compile")
-    b.add_argument("target", help="a deployment file, or a model name from `recu models` (random weights)")
+    b.add_argument("target", help="a deployment file, or a model name from `recu models` (random weights, "
+                                  "or the shipped trained ones with --pretrained)")
+    b.add_argument("--pretrained", action="store_true",
+                   help="TARGET is a model name: bench its shipped trained 1-bit file (recu.pretrained)")
     b.add_argument("--threads", type=int, help="threads for both sides (default: torch's current count)")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     b.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
@@ -81,7 +84,12 @@ def _bench(args: argparse.Namespace) -> int:
     from ..deploy import export, load
     from ..deploy.bench import format_result, run_benchmark
 
-    if os.path.isfile(args.target):
+    if args.pretrained:
+        from ..pretrained import path as pretrained_path
+
+        packed = load(pretrained_path(args.target, "deploy"), impl=args.kernel, fuse_float=args.fuse_float)
+        name = args.target
+    elif os.path.isfile(args.target):
         packed = load(args.target, impl=args.kernel, fuse_float=args.fuse_float)
         spec = packed.metadata.get("model_spec") or {}
         name = spec.get("name", "")

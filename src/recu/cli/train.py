@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint file, or a model name with --pretrained")
+    e.add_argument("--pretrained", action="store_true",
+                   help="CHECKPOINT is a model name: evaluate its shipped trained weights (recu.pretrained)")
     e.add_argument("--dataset", help="data set (default: the one the checkpoint was trained on)")
     e.add_argument("--data-dir", help="data folder (default: the checkpoint's)")
     e.add_argument("--batch-size", type=int, default=1000)
@@ -59,6 +61,10 @@ def _eval(args: argparse.Namespace) -> int:
     from ..train import evaluate, load_checkpoint, model_from_checkpoint
     from ..train.distributed import resolve_device
 
+    if args.pretrained:
+        from ..pretrained import path as pretrained_path
+
+        args.checkpoint = str(pretrained_path(args.checkpoint, "checkpoint"))
     state = load_checkpoint(args.checkpoint)
     cfg = state.get("config", {})
     device = resolve_device(args.device)

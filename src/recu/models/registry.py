@@ -110,7 +110,8 @@ def _lookup(name: str) -> Builder:
     return _REGISTRY[name][0]
 
 
-def create(name: str, num_classes: int = 10, config: ConfigLike = None, **kwargs: Any) -> nn.Module:
+def create(name: str, num_classes: int = 10, config: ConfigLike = None, *, pretrained: bool = False,
+           **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``.
 
     Args:
@@ -121,10 +122,19 @@ def create(name: str, num_classes: int = 10, config: ConfigLike = None, **kwargs
         **kwargs: model-specific options (e.g. ``stage=1`` for ``reactnet_resnet18``).
             A ``kwargs=`` dict, as stored in ``recu_spec``, is unpacked, so
             ``create(**model.recu_spec)`` rebuilds a model.
+        pretrained: load the trained weights shipped with the package (``recu.pretrained``;
+            ``recu models`` marks the names that have them). The model is built as it was
+            trained, so ``config`` and model options cannot be combined with it.
 
     Raises:
-        ValueError: the name is unknown (the message lists the available names).
+        ValueError: the name is unknown (the message lists the available names), or
+            ``pretrained=True`` for a model without shipped weights (the message lists those with).
     """
+    if pretrained:
+        from ._weights import build_pretrained
+
+        _lookup(name)
+        return build_pretrained(name, num_classes, config, kwargs)
     nested = kwargs.pop("kwargs", None)
     if nested is not None:
         if not isinstance(nested, Mapping):

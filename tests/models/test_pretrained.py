@@ -1,0 +1,93 @@
+"""Shipped weights: ``create(name, pretrained=True)``, the 1-bit file, their sha256 checks and errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import recu.pretrained as P
+from recu.models import create
+
+
+def _sha(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A temporary table entry for a seeded ResNet-20 (random weights, BN statistics set), as a
+    finished run would ship it: a recu checkpoint and its 1-bit export."""
+    pytest.importorskip("safetensors")
+    from recu.deploy import export
+
+    torch.manual_seed(0)
+    model = create("resnet20_1w1a")
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    ckpt = tmp_path / "r20.pt"
+    torch.save({"model": model.state_dict(), "model_spec": model.recu_spec, "epoch": 99, "config": {},
+                "metrics": {}}, ckpt)
+    export(model.eval(), tmp_path / "r20.recu")
+    entry = P.PretrainedWeights("resnet20_1w1a", "cifar10", "r20.pt", _sha(ckpt), "r20.recu",
+                                _sha(tmp_path / "r20.recu"), 12.34, "test")
+    monkeypatch.setattr(P, "_files_dir", lambda: tmp_path)
+    monkeypatch.setattr(P, "PRETRAINED", {"resnet20_1w1a": entry})
+    return model, tmp_path
+
+
+def test_create_pretrained_returns_the_shipped_weights(shipped):
+    model, _ = shipped
+    loaded = create("resnet20_1w1a", pretrained=True)
+    own, got = model.state_dict(), loaded.state_dict()
+    assert own.keys() == got.keys()
+    for k in own:
+        assert torch.equal(own[k], got[k]), k
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model.eval()(x), loaded.eval()(x))
+
+
+def test_the_shipped_1bit_file_predicts_as_the_float_model(shipped):
+    from recu.deploy import load
+
+    model, _ = shipped
+    packed = load(P.path("resnet20_1w1a", "deploy"))
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    got = torch.as_tensor(packed(x))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_pretrained_refuses_what_would_change_the_architecture(shipped):
+    with pytest.raises(ValueError, match="has 10 classes.*not 100"):
+        create("resnet20_1w1a", num_classes=100, pretrained=True)
+    with pytest.raises(ValueError, match="cannot be combined with pretrained"):
+        create("resnet20_1w1a", config={"clamp": "mask"}, pretrained=True)
+
+
+def test_a_damaged_or_missing_file_is_an_error(shipped):
+    _, folder = shipped
+    data = bytearray((folder / "r20.pt").read_bytes())
+    data[-100] ^= 1
+    (folder / "r20.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 .* expected .*damaged"):
+        create("resnet20_1w1a", pretrained=True)
+    (folder / "r20.recu").unlink()
+    with pytest.raises(FileNotFoundError, match="deploy file of 'resnet20_1w1a' is missing"):
+        P.path("resnet20_1w1a", "deploy")
+
+
+def test_a_model_without_weights_names_the_models_that_have_them(shipped):
+    with pytest.raises(ValueError, match=r"no pretrained weights for model 'vgg_small_1w1a'; models with "
+                                         r"weights: resnet20_1w1a"):
+        create("vgg_small_1w1a", pretrained=True)
+    with pytest.raises(ValueError, match="kind must be"):
+        P.path("resnet20_1w1a", "onnx")  # type: ignore[arg-type]
