@@ -27,8 +27,10 @@ def test_resnet18_conversion(net: nn.Module) -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
     model = binarize(net)
     names = [n for n, _ in binary_layers(model)]
-    assert sorted(names) == sorted(CONV_NAMES + DOWNSAMPLE)
-    assert len(names) == 19
+    # the 1x1 downsample convolutions stay full precision, as in Bi-Real, ReActNet and the authors' ImageNet ResNets
+    assert sorted(names) == sorted(CONV_NAMES)
+    assert len(names) == 16
+    assert all(type(model.get_submodule(n)) is nn.Conv2d for n in DOWNSAMPLE)
     assert type(model.conv1) is nn.Conv2d and type(model.fc) is nn.Linear
     for name in names:
         new, old = model.get_submodule(name), net.get_submodule(name)
@@ -37,7 +39,8 @@ def test_resnet18_conversion(net: nn.Module) -> None:
         assert new.weight.data_ptr() != old.weight.data_ptr()
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
             assert getattr(new, attr) == getattr(old, attr)
-        assert new.config == BinaryConfig() and new.tau.item() == 1.0 and new.alpha.shape == (old.out_channels, 1, 1)
+        assert new.config == BinaryConfig() and new.alpha.shape == (old.out_channels, 1, 1)
+        assert new.tau.item() == pytest.approx(0.85)  # clamps until a schedule sets tau
         assert new.training == old.training
     # everything else identical, the original untouched (inplace=False)
     sd = model.state_dict()
@@ -63,8 +66,8 @@ def test_biases_copied_and_linear_conv1d() -> None:
 
 
 def test_keep_first_last_false_and_config(net: nn.Module) -> None:
-    cfg = recu.preset("irnet")
-    model = binarize(net, cfg, keep_first_last=False)
+    cfg = recu.preset("balanced")
+    model = binarize(net, cfg, keep_first_last=False, keep_downsample=False)
     names = {n for n, _ in binary_layers(model)}
     assert names == set(CONV_NAMES + DOWNSAMPLE + ["conv1", "fc"])
     assert type(model.fc) is ReCULinear and model.fc.config == cfg
@@ -73,14 +76,15 @@ def test_keep_first_last_false_and_config(net: nn.Module) -> None:
 
 
 def test_skip_by_names_and_predicate(net: nn.Module) -> None:
-    model = binarize(net, skip=DOWNSAMPLE)
+    model = binarize(net, skip=DOWNSAMPLE, keep_downsample=False)
     assert {n for n, _ in binary_layers(model)} == set(CONV_NAMES)
     assert all(type(model.get_submodule(n)) is nn.Conv2d for n in DOWNSAMPLE)
-    one = binarize(net, skip="layer1.0.conv1")  # a single name, not its characters
+    one = binarize(net, skip="layer1.0.conv1", keep_downsample=False)  # a single name, not its characters
     assert {n for n, _ in binary_layers(one)} == set(CONV_NAMES + DOWNSAMPLE) - {"layer1.0.conv1"}
-    pred = binarize(net, skip=lambda name, m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
+    pred = binarize(net, skip=lambda name, m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1),
+                    keep_downsample=False)
     assert {n for n, _ in binary_layers(pred)} == set(CONV_NAMES)
-    stage = binarize(net, skip=lambda name, m: name.startswith("layer4"))
+    stage = binarize(net, skip=lambda name, m: name.startswith("layer4"), keep_downsample=False)
     assert {n for n, _ in binary_layers(stage)} == {n for n in CONV_NAMES + DOWNSAMPLE if not n.startswith("layer4")}
 
 
@@ -118,7 +122,7 @@ def test_non_finite_weights(net: nn.Module, bad: float, inplace: bool) -> None:
     ok = copy.deepcopy(net)
     with torch.no_grad():
         ok.conv1.weight[0, 0, 0, 0] = bad
-    assert len(binary_layers(binarize(ok))) == 19
+    assert len(binary_layers(binarize(ok))) == 16
 
 
 def test_padding_mode_rejected() -> None:

@@ -227,3 +227,12 @@ def test_analytic_and_mean_abs_per_filter() -> None:
     assert RF.analytic_scale(w).flatten().tolist() == [1.5, 2.0]
     assert RF.mean_abs_scale(w).shape == (2, 1, 1)
     assert RF.mean_abs_scale(w).flatten().tolist() == [1.5, 2.0]
+
+
+def test_sign_at_the_edges_matches_the_packed_kernels_and_onnx():
+    # +1 at 0 and -0.0, nan -> -1 (nan >= 0 is false), +-inf -> +-1: what recu.deploy packs and the
+    # ONNX graph's Where(x >= 0) computes; torch.sign alone gives 0 for 0 and for nan
+    x = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-38, -1e-38, 3.0, -3.0])
+    want = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    assert torch.equal(RF.sign(x), want)
+    assert torch.equal(RF.sign(x.double()), want.double())

@@ -340,9 +340,9 @@ def test_binary_activations_off_uses_real_input() -> None:
 # ---------------------------------------------------------------- presets
 
 def test_presets() -> None:
-    assert set(recu.PRESETS) >= {"recu", "irnet", "xnor", "bnn"}
+    assert set(recu.PRESETS) >= {"recu", "balanced", "xnor", "bnn"}
     assert preset("recu") == BinaryConfig()
-    ir = preset("irnet")
+    ir = preset("balanced")
     assert ir.clamp == "none" and ir.b_star == pytest.approx(2 ** -0.5) and ir.center and ir.standardize
     xn = preset("xnor")
     assert (xn.center, xn.standardize, xn.clamp, xn.scale, xn.act_grad, xn.act_norm) == (
@@ -350,7 +350,7 @@ def test_presets() -> None:
     bnn = preset("bnn")
     assert (bnn.center, bnn.standardize, bnn.clamp, bnn.scale, bnn.act_grad, bnn.act_norm) == (
         False, False, "none", "none", "clipped", False)
-    assert len({preset(n) for n in ("recu", "irnet", "xnor", "bnn")}) == 4
+    assert len({preset(n) for n in ("recu", "balanced", "xnor", "bnn")}) == 4
     assert preset("recu", b_star=1.0).b_star == 1.0 and preset("recu").b_star == 2.0
     with pytest.raises(ValueError, match="unknown preset"):
         preset("birealnet")
@@ -424,7 +424,8 @@ def test_alpha_and_tau() -> None:
     assert 0.0 <= layer.alpha.min().item() and layer.alpha.max().item() < 1.0
     assert layer.alpha.mean().item() == pytest.approx(0.5, abs=0.03)
     assert layer.alpha.std().item() == pytest.approx(1 / math.sqrt(12), abs=0.02)
-    assert layer.tau.dim() == 0 and layer.tau.item() == 1.0
+    # the layer clamps from the start: tau = 0.85, the paper's schedule start (1.0 would not clamp)
+    assert layer.tau.dim() == 0 and layer.tau.item() == pytest.approx(0.85) and layer.tau.dtype == torch.float32
     assert not isinstance(layer.tau, nn.Parameter)
     sd = layer.state_dict()
     assert "tau" in sd and "alpha" in sd
@@ -438,25 +439,63 @@ def test_alpha_and_tau() -> None:
 
 def test_wrong_input_shape_or_channels() -> None:
     layer = ReCUConv2d(4, 6, 3)
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\) with C = 4"):
-        layer(torch.randn(4, 8, 8))
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\) with C = 4.*\(1, 3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or unbatched \(C, H, W\) with C = 4.*\(3, 8, 8\)"):
+        layer(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).* with C = 4.*\(1, 3, 8, 8\)"):
         layer(torch.randn(1, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"\(N, C, L\) with C = 3"):
+    with pytest.raises(ValueError, match=r"with C = 4.*\(8, 8\)"):
+        layer(torch.randn(8, 8))
+    with pytest.raises(ValueError, match=r"\(N, C, L\) or unbatched \(C, L\) with C = 3"):
         ReCUConv1d(3, 2, 1)(torch.randn(1, 2, 5))
-    with pytest.raises(ValueError, match=r"\(N, C\) with C = 7"):
+    with pytest.raises(ValueError, match=r"\(\*, C\).* with C = 7"):
         ReCULinear(7, 2)(torch.randn(2, 6))
+    with pytest.raises(ValueError, match=r"with C = 7.*\(2, 7, 3\)"):
+        ReCULinear(7, 2)(torch.randn(2, 7, 3))
     g = ReCUConv2d(4, 6, 3, groups=2)
     assert g(torch.randn(1, 4, 5, 5)).shape == (1, 6, 3, 3)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_unbatched_and_extra_dims_like_the_nn_parents(training: bool) -> None:
+    """(C, H, W) / (C, L) / (C,) are one sample, as for nn.Conv2d / Conv1d / Linear; Linear takes (N, *, C)."""
+    torch.manual_seed(0)
+    for layer, x, parent in ((ReCUConv2d(4, 6, 3, padding=1), torch.randn(4, 5, 5), nn.Conv2d(4, 6, 3, padding=1)),
+                             (ReCUConv1d(3, 5, 3), torch.randn(3, 7), nn.Conv1d(3, 5, 3)),
+                             (ReCULinear(7, 2), torch.randn(7), nn.Linear(7, 2))):
+        layer.train(training)
+        y = layer(x)
+        assert y.shape == parent(x).shape
+        torch.testing.assert_close(y, layer(x.unsqueeze(0))[0], rtol=0, atol=0)
+    lin = ReCULinear(7, 3, bias=True).train(training)
+    with torch.no_grad():
+        lin.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(2, 4, 7)
+    y = lin(x)
+    assert y.shape == (2, 4, 3)
+    # the formula, written out: each sample's (L, C) block normalised by its own std in training
+    a = x / torch.sqrt(x.var(dim=(1, 2), keepdim=True) + 1e-5) if training else x
+    w = lin.weight
+    w1 = (w - w.mean(1, keepdim=True)) * (math.sqrt(2) * 2.0) / torch.sqrt(w.var(1, keepdim=True) + 1e-5)
+    q = -w1.abs().mean() * math.log(2 - 2 * 0.85)
+    expected = _pm1(a) @ _pm1(w1.clamp(-q, q)).T * lin.alpha + lin.bias
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_weights(bad: float) -> None:
+def test_non_finite_weights_are_caught_when_the_check_is_on(bad: float) -> None:
     layer = ReCUConv2d(4, 6, 3)
     with torch.no_grad():
         layer.weight[0, 0, 0, 0] = bad
-    with pytest.raises(ValueError, match="non-finite"):
-        layer(torch.randn(1, 4, 5, 5))
+    layer(torch.randn(1, 4, 5, 5))  # off by default: no pass over the weights, no host sync
+    assert not recu.nn.finite_check_enabled()
+    recu.nn.set_finite_check(True)
+    try:
+        with pytest.raises(ValueError, match="non-finite"):
+            layer(torch.randn(1, 4, 5, 5))
+    finally:
+        recu.nn.set_finite_check(False)
+    with pytest.raises(ValueError, match="True or False"):
+        recu.nn.set_finite_check(1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def test_apply_per_epoch_and_per_step(steps: int) -> None:
 
 def test_set_tau_reaches_nested_layers_and_validates() -> None:
     model = _model()
-    assert get_tau(model) == 1.0
+    assert get_tau(model) == pytest.approx(0.85)  # the layers' default tau (the schedule's start)
     assert set_tau(model, 0.9) == 3
     assert _taus(model) == pytest.approx([0.9] * 3)
     assert set_tau(model, torch.tensor(0.95, dtype=torch.float64)) == 3
@@ -159,14 +159,29 @@ def test_load_state_dict_rejects_mismatch() -> None:
 
 
 def test_create_schedule() -> None:
-    assert isinstance(create_schedule("exponential", 10), ExponentialTau)
-    assert isinstance(create_schedule("linear", 10), LinearTau)
-    assert isinstance(create_schedule("cosine", 10), CosineTau)
-    c = create_schedule("constant", 10, tau_start=0.93)
+    assert isinstance(create_schedule("exponential", epochs=10), ExponentialTau)
+    assert isinstance(create_schedule("linear", epochs=10), LinearTau)
+    assert isinstance(create_schedule("cosine", epochs=10), CosineTau)
+    c = create_schedule("constant", tau_start=0.93, epochs=10)
     assert isinstance(c, ConstantTau) and c(5) == 0.93
-    e = create_schedule("exponential", 600, 0.85, 0.99)
-    assert round(e(300), 4) == 0.9029
-    s = create_schedule("linear", 100, 0.8, 1.0, switch_off=0.85)
+    # the classes' order: (tau_start, tau_end, epochs), positionally too
+    e = create_schedule("exponential", 0.85, 0.99, 600)
+    assert round(e(300), 4) == 0.9029 and e.state_dict() == ExponentialTau(0.85, 0.99, 600).state_dict()
+    s = create_schedule("linear", 0.8, 1.0, 100, switch_off=0.85)
     assert isinstance(s, SwitchOffTau) and s(84) == pytest.approx(0.968) and s(85) == 1.0
+    assert create_schedule("linear", 0.8, 1.0, 100).state_dict() == LinearTau(0.8, 1.0, 100).state_dict()
     with pytest.raises(ValueError, match="unknown tau schedule 'step'.*constant"):
-        create_schedule("step", 10)
+        create_schedule("step", epochs=10)
+    # the order before issue 10, (kind, epochs, tau_start, tau_end), is refused with a pointer
+    with pytest.raises(ValueError, match=r"tau_start=600 looks like a number of epochs: pass epochs=600"):
+        create_schedule("exponential", 600, 0.85, 0.99)
+
+
+def test_schedule_classes_and_factory_take_one_argument_order() -> None:
+    import inspect
+
+    order = ["tau_start", "tau_end", "epochs"]
+    for cls in (ExponentialTau, LinearTau, CosineTau):
+        assert list(inspect.signature(cls).parameters) == order
+    assert list(inspect.signature(ConstantTau).parameters) == ["tau", "epochs"]
+    assert list(inspect.signature(create_schedule).parameters)[1:4] == order

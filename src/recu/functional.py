@@ -9,13 +9,15 @@ inside ``torch.compile(fullgraph=True)`` and on GPUs without stalls.
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "TauLike",
+    "SignAtZero",
+    "SIGN_AT_ZERO",
     "check_tau",
     "center_filters",
     "standardize_filters",
@@ -34,6 +36,11 @@ __all__ = [
 ]
 
 TauLike = Union[float, Tensor]
+
+# What sign gives at exactly 0: "plus_one" (the paper's Eq. 2, what 1 bit holds) or "zero" (torch.sign,
+# the authors' code).
+SignAtZero = Literal["plus_one", "zero"]
+SIGN_AT_ZERO: tuple[str, ...] = ("plus_one", "zero")
 
 TAU_RANGE_MESSAGE = "tau must lie in (0.5, 1] (0.5 < tau <= 1; tau = 1 disables the clamp)"
 
@@ -143,42 +150,58 @@ def recu_clamp_ste(w: Tensor, q: Tensor) -> Tensor:
     return clamped.detach() + (w - w.detach())
 
 
-def sign(x: Tensor) -> Tensor:
-    """The paper's sign: +1 for x >= 0, -1 otherwise (``torch.sign`` gives 0 at 0)."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+def _check_at_zero(at_zero: str) -> None:
+    if at_zero not in SIGN_AT_ZERO:
+        raise ValueError(f"at_zero must be one of {SIGN_AT_ZERO}, got {at_zero!r}")
 
 
-def sign_ste(x: Tensor) -> Tensor:
+def sign(x: Tensor, at_zero: SignAtZero = "plus_one") -> Tensor:
+    """The paper's sign (Eq. 2): +1 for x >= 0, -1 otherwise.
+
+    ``at_zero="zero"`` gives ``torch.sign``'s 0 at exactly 0 instead, as the authors' code
+    binarises. Only exact zeros differ; the default is what a 1-bit code can hold.
+    """
+    _check_at_zero(at_zero)
+    if at_zero == "zero":
+        return torch.sign(x)
+    # sign(sign(x) + 1/2): -1 -> -1/2 -> -1, 0 -> +1/2 -> +1, +1 -> +3/2 -> +1. Vectorised passes: eager
+    # on a CPU several times faster than torch.where(x >= 0, 1, -1), whose CPU kernel made the layer
+    # slower than the authors'. nan -> -1 first (nan >= 0 is false), as the packed kernels and the ONNX
+    # graph binarise it (torch.sign gives 0 for nan, which would become +1).
+    return torch.sign(torch.nan_to_num(x, nan=-1.0)).add_(0.5).sign_()
+
+
+def sign_ste(x: Tensor, at_zero: SignAtZero = "plus_one") -> Tensor:
     """Step 6: weight binarisation, forward :func:`sign`, backward identity (no window)."""
     # sign(x) + 0 is exactly +-1; x + (sign(x) - x) rounds to 0 or 2 once |x| >= 2**24 in float32.
-    return sign(x).detach() + (x - x.detach())
+    return sign(x, at_zero).detach() + (x - x.detach())
 
 
 class _ApproxSign(torch.autograd.Function):
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return sign(x)
+    def forward(x: Tensor, at_zero: str) -> Tensor:
+        return sign(x, at_zero)  # type: ignore[arg-type]
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.save_for_backward(inputs[0])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+    def backward(ctx, grad: Tensor):  # type: ignore[no-untyped-def]
         (x,) = ctx.saved_tensors
-        return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+        return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0), None
 
 
-def approx_sign(x: Tensor) -> Tensor:
+def approx_sign(x: Tensor, at_zero: SignAtZero = "plus_one") -> Tensor:
     """Step 7 (Bi-Real ApproxSign): forward :func:`sign`, backward dL/dx = dL/dy * max(0, 2 - 2|x|)."""
-    return _ApproxSign.apply(x)
+    _check_at_zero(at_zero)
+    return _ApproxSign.apply(x, at_zero)
 
 
-def sign_clipped_ste(x: Tensor) -> Tensor:
+def sign_clipped_ste(x: Tensor, at_zero: SignAtZero = "plus_one") -> Tensor:
     """Sign with the clipped straight-through estimator (BNN, hardtanh): gradient 1 where |x| <= 1."""
     clipped = torch.clamp(x, -1.0, 1.0)
-    return sign(x).detach() + (clipped - clipped.detach())
+    return sign(x, at_zero).detach() + (clipped - clipped.detach())
 
 
 def normalize_activation(a: Tensor, eps: float = 1e-5) -> Tensor:

@@ -8,6 +8,7 @@ and writes it into every ReCU layer with :func:`set_tau`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -183,12 +184,18 @@ _SCHEDULES = {"exponential": ExponentialTau, "linear": LinearTau, "cosine": Cosi
 
 
 def create_schedule(
-    kind: str, epochs: int, tau_start: float = 0.85, tau_end: float = 0.99, switch_off: float | None = None
+    kind: str, tau_start: float = 0.85, tau_end: float = 0.99, epochs: int = 600, switch_off: float | None = None
 ) -> TauSchedule:
     """Build a schedule by name: ``exponential``, ``linear``, ``cosine`` or ``constant`` (tau_start).
 
+    The arguments come in the classes' order: ``(tau_start, tau_end, epochs)`` as
+    ``ExponentialTau(tau_start, tau_end, epochs)``, and ``ConstantTau(tau, epochs)``.
     ``switch_off`` wraps it in :class:`SwitchOffTau` at that fraction of training.
     """
+    if isinstance(tau_start, numbers.Integral) and not isinstance(tau_start, bool) and tau_start > 1:
+        # the order before issue 10 was (kind, epochs, tau_start, tau_end): say so instead of a range error
+        raise ValueError(f"create_schedule takes (kind, tau_start, tau_end, epochs, switch_off); tau_start="
+                         f"{tau_start} looks like a number of epochs: pass epochs={tau_start}")
     if kind == "constant":
         sched: TauSchedule = ConstantTau(tau_start, epochs)
     elif kind in _SCHEDULES:

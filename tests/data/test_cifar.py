@@ -176,3 +176,58 @@ def test_build_test_loader_reads_only_the_test_split(cifar10_dir, monkeypatch):
 def test_build_loaders_unknown_dataset():
     with pytest.raises(ValueError, match="cifar10"):
         build_loaders("mnist", None, 8, 8, "cpu", 0)
+
+
+# The authors' dataset.py normalises CIFAR-100 with (0.507, 0.487, 0.441) / (0.267, 0.256, 0.276) and
+# CIFAR-10 with the ImageNet (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225); written out here on purpose.
+AUTHORS_CIFAR100_MEAN, AUTHORS_CIFAR100_STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
+
+
+def _write_two_level_cifar100(root: Path, n: int = 8) -> dict[str, str]:
+    """A cifar-100-python whose channel c takes two values, 255 (m_c -/+ s_c), in equal numbers:
+    pixel mean m_c and std s_c (to rounding) for the authors' CIFAR-100 statistics (m, s)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    images = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    checker = (np.add.outer(np.arange(32), np.arange(32)) % 2).astype(bool)
+    for c, (m, s) in enumerate(zip(AUTHORS_CIFAR100_MEAN, AUTHORS_CIFAR100_STD)):
+        low, high = round(255 * (m - s)), round(255 * (m + s))
+        images[:, c] = np.where(checker, high, low)
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"fine_labels": [i % 100 for i in range(n)], b"data": images.reshape(n, -1)}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
+    return {f.name: md5sum(f) for f in folder.iterdir()}
+
+
+def test_cifar100_is_normalised_with_its_own_statistics(tmp_path, monkeypatch):
+    md5 = _write_two_level_cifar100(tmp_path)
+    monkeypatch.setitem(C.CIFAR_SPECS, "cifar100", dataclasses.replace(C.CIFAR100, md5=md5))
+    assert C.CIFAR100.mean == AUTHORS_CIFAR100_MEAN and C.CIFAR100.std == AUTHORS_CIFAR100_STD
+    bundle = build_loaders("cifar100", str(tmp_path), 4, 8, "cpu", seed=0, augment=False)
+    for x in (next(iter(bundle.test))[0], next(iter(bundle.train))[0],
+              next(iter(build_test_loader("cifar100", str(tmp_path), 8, "cpu")))[0]):
+        # data with the statistics the loader normalises with come out with mean 0 and std 1
+        # (to the 1/255 rounding of the two levels); with ImageNet's they would not (0.10-0.16 and 1.17-1.23)
+        mean, std = x.double().mean(dim=(0, 2, 3)), x.double().std(dim=(0, 2, 3), unbiased=False)
+        assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=0.01)
+        assert torch.allclose(std, torch.ones(3, dtype=torch.float64), atol=0.01)
+    raw = load_cifar(tmp_path, "cifar100", train=False, checksums=md5)[0][:8].double() / 255
+    m = torch.tensor(AUTHORS_CIFAR100_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(AUTHORS_CIFAR100_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.allclose(next(iter(bundle.test))[0].double(), (raw - m) / s, atol=1e-5)
+
+
+def test_cifar10_keeps_the_imagenet_statistics(cifar10_dir, monkeypatch):
+    root, md5 = cifar10_dir
+    monkeypatch.setitem(C.CIFAR_SPECS, "cifar10", dataclasses.replace(CIFAR10, md5=md5))
+    x = next(iter(build_test_loader("cifar10", str(root), 30, "cpu")))[0].double()
+    raw = load_cifar(root, "cifar10", train=False, checksums=md5)[0].double() / 255
+    m = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.allclose(x, (raw - m) / s, atol=1e-5)

@@ -19,6 +19,7 @@ from recu.data.imagenet import (  # noqa: E402
     ImageFolderDataset,
     ImageFolderLoader,
     lighting_offset,
+    lighting_uint8,
     random_resized_crop_box,
     scan_class_folders,
 )
@@ -119,9 +120,9 @@ def test_loader_workers_and_ranks_agree(tree):
     assert not torch.equal(batches(single, 3)[0][0], ref[0][0])
 
 
-def test_training_batches_add_lighting_then_normalise(tree):
+def test_float_lighting_is_added_to_the_unit_range_image_then_normalised(tree):
     samples, _ = scan_class_folders(tree / "train")
-    ds = ImageFolderDataset(samples, train=True)
+    ds = ImageFolderDataset(samples, train=True, lighting="float")
     loader = ImageFolderLoader(ds, 4, "cpu", seed=2, workers=0)
     loader.set_epoch(1)
     keys = next(iter(loader.sampler))
@@ -155,3 +156,82 @@ def test_build_loaders_imagenet(tree, monkeypatch):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     with pytest.raises(FileNotFoundError, match="RECU_IMAGENET_DIR"):
         build_test_loader("imagenet", None, 2, "cpu")
+
+
+def test_lighting_uint8_truncates_like_the_authors_transform():
+    # hand-worked: the sum in floating point, clipped to [0, 255], cast to uint8 (floor for >= 0)
+    pixels = np.array([[[0, 0, 0], [100, 100, 100], [255, 255, 255]]], dtype=np.uint8)  # (1, 3, 3)
+    out = lighting_uint8(pixels, np.array([-0.02, 0.03, -1.5]))
+    assert out.dtype == np.uint8
+    assert out[0].T.tolist() == [[0, 99, 254], [0, 100, 255], [0, 98, 253]]
+    assert lighting_uint8(pixels, np.array([1.5, 0.0, 0.999]))[0].T.tolist() == [[1, 101, 255], [0, 100, 255],
+                                                                                  [0, 100, 255]]
+    with pytest.raises(ValueError, match="uint8"):
+        lighting_uint8(pixels.astype(np.float32), np.zeros(3))
+
+
+def _random_image(tmp_path: Path, name: str = "a.png", h: int = 37, w: int = 53) -> str:
+    arr = np.random.default_rng(5).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    arr[:3] = 0  # a few exact 0s and 255s: the ends of the clip
+    arr[-3:] = 255
+    Image.fromarray(arr).save(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_uint8_lighting_goes_on_the_pixels_before_normalisation(tmp_path):
+    # The authors' train transform: RandomResizedCrop -> Lighting on the 0..255 PIL crop -> flip
+    # -> ToTensor -> Normalize. A channel whose shift is negative loses 1/255 (0 stays 0); a
+    # positive shift changes nothing. Added after ToTensor instead, the shift would move every
+    # pixel by itself (about 0.02): the values below tell the two orders apart.
+    path = _random_image(tmp_path)
+    plain, float_mode, authors = (ImageFolderDataset([(path, 0)], train=True, size=16, lighting=m)
+                                  for m in ("none", "float", "uint8"))
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    signs = set()
+    for seed in range(12):
+        base = plain[(0, seed)][0]
+        shift = float_mode[(0, seed)][2]  # the same draws: the shift this seed's image gets
+        assert shift.abs().max() < 1 and not authors[(0, seed)][2].any()
+        lowered = (shift < 0).view(3, 1, 1) & (base > 0)
+        expected = base - lowered.to(torch.uint8)
+        assert torch.equal(authors[(0, seed)][0], expected)
+        signs |= {bool(s < 0) for s in shift}
+        # through the loader: normalisation of the lit uint8 crop, not the shift added after ToTensor
+        loader = ImageFolderLoader(authors, 1, "cpu", seed=seed, workers=0)
+        ((_, sample_seed),) = next(iter(loader.sampler))
+        (x, _), = list(loader)
+        lit = authors[(0, sample_seed)][0]
+        assert torch.allclose(x[0].double(), (lit.double() / 255 - mean) / std, atol=1e-6)
+        base, shift = plain[(0, sample_seed)][0], float_mode[(0, sample_seed)][2]
+        wrong_order = (base.double() / 255 + shift.view(3, 1, 1) - mean) / std
+        assert (x[0].double() - wrong_order).abs().max() > 1e-3
+    assert signs == {True, False}  # both branches of the truncation were exercised
+
+
+def test_train_crop_is_cut_then_resized_like_torchvision(tmp_path):
+    path = _random_image(tmp_path, h=61, w=47)
+    img = Image.open(path).convert("RGB")
+    ds = ImageFolderDataset([(path, 0)], train=True, size=16, lighting="none")
+    box_resize_differs = False
+    for seed in range(8):
+        rng = np.random.default_rng(seed)  # the item's draws, in their documented order
+        left, top, w, h = random_resized_crop_box(img.width, img.height, rng, (0.08, 1.25))
+        flip = rng.random() < 0.5
+        box = (left, top, left + w, top + h)
+        expected = np.asarray(img.crop(box).resize((16, 16), Image.BILINEAR))
+        if flip:
+            expected = expected[:, ::-1]
+        got = ds[(0, seed)][0].permute(1, 2, 0).numpy()
+        assert np.array_equal(got, expected)
+        in_place = np.asarray(img.resize((16, 16), Image.BILINEAR, box=box))
+        box_resize_differs |= not np.array_equal(in_place[:, ::-1] if flip else in_place, expected)
+    assert box_resize_differs  # resizing with box= reads pixels outside the window: a different result
+
+
+def test_lighting_modes_reach_the_dataset(tree):
+    assert build_loaders("imagenet", str(tree), 6, 4, "cpu", seed=0, workers=0).train.dataset.lighting == "uint8"
+    b = build_loaders("imagenet", str(tree), 6, 4, "cpu", seed=0, workers=0, lighting="float")
+    assert b.train.dataset.lighting == "float"
+    with pytest.raises(ValueError, match="lighting"):
+        ImageFolderDataset([], train=True, lighting="pca")

@@ -121,7 +121,9 @@ def test_in_channels_option():
 def test_builders_called_directly_keep_their_default_classes():
     assert M.resnet20_1w1a().fc.out_features == 10
     assert M.resnet18_fp_imagenet().fc.out_features == 1000
-    assert M.create("resnet18_fp_imagenet").fc.out_features == 10  # create's contract: default 10
+    # create's contract (issue 10): the model's own number of classes unless num_classes is given
+    assert M.create("resnet18_fp_imagenet").fc.out_features == 1000
+    assert M.create("resnet18_fp_imagenet", num_classes=10).fc.out_features == 10
 
 
 def test_unknown_name_lists_available():
@@ -145,7 +147,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("name", sorted([*ALL_BINARY, *FP_TWIN.values()]))
 def test_recu_spec_round_trip(name):
     kwargs = {"stage": 1} if name == "reactnet_resnet18" else {}
-    config = preset("irnet") if M.is_binary(name) else None
+    config = preset("balanced") if M.is_binary(name) else None
     model = M.create(name, num_classes=7, config=config, **kwargs)
     spec = model.recu_spec
     spec = json.loads(json.dumps(spec))  # what a checkpoint stores must be plain JSON
@@ -183,6 +185,8 @@ def test_reactnet_stages():
     s1 = M.create("reactnet_resnet18", stage=1)
     s2 = M.create("reactnet_resnet18")  # stage 2 by default
     assert all(not m.config.binary_weights and m.config.binary_activations for _, m in binary_layers(s1))
+    assert all(m.config.clamp == "none" for _, m in binary_layers(s1))  # ReActNet's stage 1: no clamp
+    assert all(m.config.clamp == "clamp" for _, m in binary_layers(s2))
     assert all(m.config.binary_weights and m.config.binary_activations for _, m in binary_layers(s2))
     s2.load_state_dict(s1.state_dict())  # stage 2 starts from stage 1
     block = s2.layers[1][0]
@@ -204,24 +208,35 @@ def test_resnet20_block_structure():
     model = M.create("resnet20_1w1a")
     assert sum(isinstance(m, PadShortcut) for m in model.modules()) == 2  # 16->32, 32->64
     assert isinstance(model.bn2, nn.BatchNorm1d) and model.bn2.num_features == 64
-    # A skip around every conv: with zeroed binary-path BNs each block is hardtanh(shortcut).
+    # A skip around every conv: with only the SECOND conv's BN zeroed, a double-skip block is
+    # hardtanh(bn1(conv1(x)) + x) (the second skip carries it through), while a single-skip block
+    # (one residual around both convs) would give hardtanh(x).
     with torch.no_grad():
         for m in model.layers.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.weight.zero_()
-                m.bias.zero_()
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+        for stage in model.layers:
+            for block in stage:
+                block.bn2.weight.zero_()
+                block.bn2.bias.zero_()
     model.eval()
-    x = torch.randn(2, 16, 8, 8) * 3
-    block = model.layers[0][0]
-    assert torch.allclose(block(x), x.clamp(-1, 1))
+    for block, shape in [(model.layers[0][0], (2, 16, 8, 8)), (model.layers[1][0], (2, 16, 8, 8))]:
+        x = torch.randn(shape) * 0.5
+        with torch.no_grad():
+            expected = (block.bn1(block.conv1(x)) + block.shortcut(x)).clamp(-1, 1)
+            out = block(x)
+        assert torch.allclose(out, expected, atol=1e-6)
+        assert (out - block.shortcut(x).clamp(-1, 1)).abs().max() > 0.1
 
 
 def test_resnet20_kaiming_normal_init():
+    # kaiming_normal_'s default fan_in mode, as the authors: pick convs whose fan_in and fan_out differ
     torch.manual_seed(0)
     model = M.create("resnet20_1w1a")
-    conv = model.layers[2][1].conv1  # 64 -> 64, fan_in 576
-    assert abs(conv.weight.std().item() / (2 / 576) ** 0.5 - 1) < 0.03
-    assert abs(model.conv1.weight.std().item() / (2 / 27) ** 0.5 - 1) < 0.1
+    conv = model.layers[2][0].conv1  # 32 -> 64: fan_in 288, fan_out 576
+    assert abs(conv.weight.std().item() / (2 / 288) ** 0.5 - 1) < 0.03
+    assert abs(model.conv1.weight.std().item() / (2 / 27) ** 0.5 - 1) < 0.1  # fan_out would be 144
 
 
 def test_vgg_small_pool_before_bn_and_init():

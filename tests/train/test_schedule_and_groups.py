@@ -8,17 +8,22 @@ from recu.nn import BinaryLayer
 from recu.train import lr_factor, param_groups
 
 
-def test_warmup_then_cosine_as_the_authors():
-    # 600 epochs, 5 warm-up: lr = 0.1 (e + 1) / 5, then cosine to 0 over 595 epochs.
-    assert [lr_factor(e, 600, 5) for e in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
-    assert lr_factor(5, 600, 5) == pytest.approx(1.0)
-    assert lr_factor(5 + 595 // 2, 600, 5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 297 / 595)))
-    assert lr_factor(599, 600, 5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 594 / 595)))
-    assert lr_factor(599, 600, 5) < 1e-4
+def test_cosine_after_warmup_starts_the_cosine_after_the_warmup():
+    # recu's schedule before issue 10 (an option now): lr = 0.1 (e + 1) / 5, then cosine over 595 epochs.
+    def f(e: int) -> float:
+        return lr_factor(e, 600, 5, "cosine_after_warmup")
+
+    assert [f(e) for e in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert f(5) == pytest.approx(1.0)
+    assert f(5 + 595 // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 297 / 595)))
+    assert f(599) == pytest.approx(0.5 * (1 + math.cos(math.pi * 594 / 595)))
+    assert f(599) < 1e-4
     assert lr_factor(3, 10, 0, "constant") == 1.0
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_factor(3, 10, 0, "step")
 
 
-def test_imagenet_weight_decay_groups_skip_bn_and_fp_downsample():
+def test_conv_fc_rule_decays_conv_and_linear_weights_but_no_fp_1x1():
     model = create("resnet18_1w1a_imagenet", num_classes=1000)
     decay, rest = param_groups(model, 1e-4, "conv_fc")
     decayed = {id(p) for p in decay["params"]}

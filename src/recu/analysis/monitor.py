@@ -11,7 +11,8 @@ within one epoch is not seen.
 
 Implements the Callback contract of ``docs/interfaces.md``. Everything runs in
 vectorised torch on the model's device under ``torch.no_grad``; the numbers of all
-layers are read back to the host in one transfer per epoch.
+layers are read back to the host in one transfer per epoch. Every op has a deterministic
+CUDA kernel, so the monitor runs with ``deterministic: true`` (no histc, no weighted bincount).
 
 ``on_epoch_end`` returns ``{"dead_weight": R}`` (one key, because the engine merges the
 dicts of all callbacks), R being::
@@ -220,9 +221,11 @@ class DeadWeightMonitor:
                 "q": rb.add(q.mean()),
                 "flips": rb.add(flipped.sum()),
                 "clamped": rb.add((w1.abs() > q).sum()),
-                "bucket_flips": rb.add(torch.bincount(prev_bucket.flatten(), weights=flipped.flatten().double(),
-                                                      minlength=self.buckets)),
-                "bucket_sizes": rb.add(torch.bincount(prev_bucket.flatten(), minlength=self.buckets)),
+                # flipped weights of bucket b counted in slot buckets + b (bincount with weights has no
+                # deterministic CUDA kernel; index_counts neither syncs nor depends on the order of adds)
+                "bucket_flips": rb.add(S.index_counts(prev_bucket + self.buckets * flipped.long(),
+                                                      2 * self.buckets)[self.buckets:]),
+                "bucket_sizes": rb.add(S.index_counts(prev_bucket, self.buckets)),
                 "bucket_edges": rb.add(st["edges"].to(sign.device)),
                 "entropy_bits": rb.add(S.binary_entropy_bits(sign)),
             }

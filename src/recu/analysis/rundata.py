@@ -80,7 +80,12 @@ def _load_snapshots(weights_dir: Path) -> dict[str, dict[str, Any]]:
                 found.append((int(m.group(1)), p))
     stages: dict[str, dict[str, Any]] = {}
     for done, path in sorted(found):
-        snap = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            snap = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - the unpickler raises many types for a corrupt file
+            from ..train.checkpoint import error_line
+
+            raise ValueError(f"{path} cannot be read as a weights snapshot: {error_line(e)}") from None
         if not isinstance(snap, dict) or not isinstance(snap.get("weights"), dict):
             raise ValueError(f"{path} is not a DeadWeightMonitor snapshot (no 'weights' dict)")
         snap.setdefault("epoch", done - 1)
@@ -142,7 +147,9 @@ def load_checkpoint_weights(path: PathLike) -> tuple[dict[str, Tensor], dict[str
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises many types for foreign or corrupt files
-        raise ValueError(f"{path} cannot be read as a weights-only torch checkpoint: {e}") from None
+        from ..train.checkpoint import error_line  # torch's messages run to many lines
+
+        raise ValueError(f"{path} cannot be read as a weights-only torch checkpoint: {error_line(e)}") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     state = ckpt.get("model", ckpt)

@@ -1,7 +1,9 @@
 """Distribution statistics of weight tensors, vectorised in torch (shared by the monitor and the report).
 
 Every function returns tensors on the input's device and never synchronises with the
-host, so a caller can gather many results and read them back at once.
+host, so a caller can gather many results and read them back at once. None uses an op
+without a deterministic CUDA kernel (``torch.histc``, ``torch.bincount`` with weights), so
+the monitor runs under ``torch.use_deterministic_algorithms(True)`` (``deterministic: true``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "log_likelihoods",
     "binary_entropy_bits",
     "histogram_entropy",
+    "histogram_counts",
+    "index_counts",
     "magnitude_buckets",
     "filter_std",
     "distribution_summary",
@@ -127,6 +131,36 @@ def binary_entropy_bits(positive: Tensor) -> Tensor:
     return (-(xlog2x(p) + xlog2x(1.0 - p))).mean()
 
 
+def index_counts(index: Tensor, size: int) -> Tensor:
+    """How often each of 0..size-1 occurs in the integer tensor ``index`` (int64, shape (size,)).
+
+    ``torch.bincount`` without its data-dependent output size: a scatter-add of ones into
+    ``size`` slots, deterministic on every device (integer sums) and free of host syncs.
+    Values outside [0, size) are an error of the caller.
+    """
+    flat = index.reshape(-1).long()
+    return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, flat, torch.ones_like(flat))
+
+
+def histogram_counts(x: Tensor, bins: int, lo: float, hi: float) -> Tensor:
+    """``torch.histc(x, bins, lo, hi)`` with the same counts (float64), deterministic on CUDA too.
+
+    As histc: ``bins`` equal bins over [lo, hi], bin (x - lo) * bins / (hi - lo) rounded down,
+    x = hi in the last bin, values outside [lo, hi] (and nan) not counted. histc itself has no
+    deterministic CUDA kernel and raises under ``torch.use_deterministic_algorithms(True)``.
+    """
+    if bins < 1 or not lo < hi:
+        raise ValueError(f"need bins >= 1 and lo < hi, got bins={bins}, lo={lo}, hi={hi}")
+    x = x.reshape(-1)
+    lo_t = torch.tensor(lo, dtype=x.dtype)  # the bounds in x's type, as histc casts them
+    hi_t = torch.tensor(hi, dtype=x.dtype)
+    inside = (x >= lo_t) & (x <= hi_t)
+    pos = ((x - lo_t) * bins / (hi_t - lo_t)).floor().clamp(0, bins - 1)
+    # everything outside goes to an extra slot that is dropped: no boolean indexing, no sync
+    slot = torch.where(inside, pos.long(), torch.full_like(pos, bins, dtype=torch.int64))
+    return index_counts(slot, bins + 1)[:bins].to(torch.float64)
+
+
 def histogram_entropy(x: Tensor, bins: int = 200, span: float = 8.0) -> Tensor:
     """Scale-free differential entropy (nats) of x / std(x), from a histogram on [-span, span].
 
@@ -135,7 +169,7 @@ def histogram_entropy(x: Tensor, bins: int = 200, span: float = 8.0) -> Tensor:
     """
     x = x.flatten().to(torch.float64)
     z = (x - x.mean()) / x.std(unbiased=False).clamp_min(1e-300)
-    counts = torch.histc(z, bins=bins, min=-span, max=span)
+    counts = histogram_counts(z, bins, -span, span)
     p = counts / x.numel()
     width = 2.0 * span / bins
     safe = torch.where(p > 0, p, torch.ones_like(p))
@@ -199,7 +233,7 @@ def distribution_summary(x: Tensor, ks_max_samples: int = 1 << 20) -> dict[str, 
 
     sub_mu = sub.mean()
     sub_sigma = sub.std(unbiased=False).clamp_min(1e-300)
-    counts = torch.histc(d / sigma, bins=200, min=-8.0, max=8.0)
+    counts = histogram_counts(d / sigma, 200, -8.0, 8.0)
     p = counts / x.numel()
     safe = torch.where(p > 0, p, torch.ones_like(p))
     return {

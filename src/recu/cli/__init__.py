@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-_COMMAND_MODULES = ("core", "train", "analysis", "deploy")
+_COMMAND_MODULES = ("core", "train", "analysis", "deploy", "authors")
 
 
 def build_parser() -> argparse.ArgumentParser:

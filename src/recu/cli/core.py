@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("model", help="a name from `recu models`")
     s.add_argument("--input-size", type=int, nargs="+", metavar="N",
                    help="one sample's shape, e.g. 3 32 32 (default: 3 224 224 for *_imagenet, else 3 32 32)")
-    s.add_argument("--num-classes", type=int, help="default: 1000 for *_imagenet, else 10")
+    s.add_argument("--num-classes", type=int, help="default: the model's own (1000 for ImageNet models, else 10)")
     s.set_defaults(func=_summary)
 
 
@@ -35,6 +35,6 @@ def _summary(args: argparse.Namespace) -> int:
 
     imagenet = "imagenet" in args.model or args.model.startswith("reactnet")
     size = args.input_size or ([3, 224, 224] if imagenet else [3, 32, 32])
-    model = create(args.model, num_classes=args.num_classes or (1000 if imagenet else 10))
+    model = create(args.model, num_classes=args.num_classes)  # None: the model's own
     print(summary(model, size))
     return 0

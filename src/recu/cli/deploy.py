@@ -9,10 +9,18 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("export", help="write a checkpoint as a 1-bit deployment file (safetensors + JSON)")
+    e = sub.add_parser("export", help="write a checkpoint as a 1-bit deployment file (safetensors + JSON) "
+                                      "or as a standard-operator ONNX model")
     e.add_argument("checkpoint", help="a training checkpoint (dict with 'model' and 'model_spec')")
-    e.add_argument("-o", "--output", required=True, help="output file, e.g. model.recu")
-    e.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm into the binary layers")
+    e.add_argument("-o", "--output", required=True, help="output file, e.g. model.recu or model.onnx")
+    e.add_argument("--format", choices=["recu", "onnx"], default="recu",
+                   help="recu: 1-bit packed file for recu.deploy.load (default); onnx: float graph of standard "
+                        "operators (sign as Where, +-1 constant weights) for onnxruntime and other runtimes")
+    e.add_argument("--no-fold", action="store_true", help="do not fold BatchNorm into the binary layers (recu format)")
+    e.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="onnx format: one sample's shape (default: C 224 224 for ImageNet models, else C 32 32, "
+                        "C the model's in_channels, usually 3); the batch dim stays dynamic")
+    e.add_argument("--opset", type=int, help="onnx format: ai.onnx opset (default and lowest: 18)")
     e.set_defaults(func=_export)
 
     b = sub.add_parser("bench", help="latency/throughput of the packed model vs PyTorch eager and torch.compile")
@@ -24,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     b.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="one sample's shape (default: 3 224 224 for ImageNet models, else 3 32 32)")
-    b.add_argument("--num-classes", type=int, help="for a model name (default: 1000 for ImageNet models, else 10)")
+    b.add_argument("--num-classes", type=int, help="for a model name (default: the model's own, 1000 for ImageNet models, else 10)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
     b.add_argument("--kernel", choices=["auto", "amx", "avx512", "portable", "numpy"],
                    help="kernel path (default auto: amx where the CPU has it, except layers under 64 input "
@@ -47,10 +55,12 @@ def load_checkpoint_model(path: str):  # type: ignore[no-untyped-def]
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, truncated files ...
+        from ..train.checkpoint import error_line  # torch's messages run to many lines
+
         raise ValueError(f"{path} is not a loadable checkpoint (torch.load weights_only=True): "
-                         f"{type(e).__name__}: {e}") from None
+                         f"{error_line(e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a recu checkpoint: need a dict with 'model' (state_dict) and "
                          f"'model_spec' (the model's recu_spec), got {keys}")
     model = build_model(ckpt["model_spec"])
@@ -66,13 +76,35 @@ def load_checkpoint_model(path: str):  # type: ignore[no-untyped-def]
 def _export(args: argparse.Namespace) -> int:
     from ..deploy import export
 
+    if args.format != "onnx" and (args.input_size or args.opset):
+        raise ValueError("--input-size and --opset apply to --format onnx only")
+    if args.format == "onnx" and args.no_fold:
+        raise ValueError("--no-fold applies to --format recu only (the ONNX graph keeps every BatchNorm)")
     model = load_checkpoint_model(args.checkpoint)
+    if args.format == "onnx":
+        return _export_onnx(args, model)
     meta = export(model, args.output, fold_bn=not args.no_fold)
     size = os.path.getsize(args.output)
     fp32 = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
     print(f"wrote {args.output}: {len(meta['binary_layers'])} packed binary layers "
           f"({len(meta['folded_bn'])} with BatchNorm folded), {len(meta['float_layers'])} binary layers kept float; "
           f"{size / 1e6:.3f} MB, {fp32 / max(size, 1):.1f}x smaller than the float32 weights")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace, model) -> int:  # type: ignore[no-untyped-def]
+    from ..deploy import export_onnx
+    from ..deploy.onnx_export import DEFAULT_OPSET
+
+    try:
+        info = export_onnx(model, args.output, input_shape=args.input_size,
+                           opset=DEFAULT_OPSET if args.opset is None else args.opset)
+    except ImportError as e:  # a missing optional package: one line, not a traceback
+        raise RuntimeError(str(e)) from None
+    size = os.path.getsize(args.output)
+    print(f"wrote {args.output}: ONNX opset {info['opset']}, input (batch, {', '.join(map(str, info['input_shape']))}), "
+          f"{info['binary_layers']} binary layers as sign + +-1 weight subgraphs, {info['nodes']} nodes; "
+          f"{size / 1e6:.3f} MB")
     return 0
 
 
@@ -99,7 +131,7 @@ def _bench(args: argparse.Namespace) -> int:
         name = args.target
         if name not in available():
             raise ValueError(f"{name!r} is neither a file nor a model name; models: {', '.join(available())}")
-        model = create(name, num_classes=args.num_classes or (1000 if _is_imagenet(name) else 10)).eval()
+        model = create(name, num_classes=args.num_classes).eval()  # None: the model's own
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.recu"
             export(model, path)

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", help="YAML config (see configs/); the defaults are the CIFAR-10 ResNet-20 recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set epochs=10 --set binary.clamp=mask (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in out_dir/name from its last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in out_dir/name from its last.pt (an error when there is none)")
     p.add_argument("--data-dir", help="shortcut for --set data_dir=PATH")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="end the job after epoch N (e.g. a cluster time slice); --resume continues it")

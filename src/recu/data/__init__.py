@@ -18,7 +18,6 @@ from typing import Optional, Protocol, Union
 import torch
 from torch import Tensor
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .cifar import CIFAR_SPECS, ChecksumError, load_cifar
 from .loader import InMemoryLoader
 
@@ -75,6 +74,7 @@ def build_loaders(
     download: bool = False,
     workers: int = 4,
     subset: Optional[int] = None,
+    lighting: str = "uint8",
 ) -> DataBundle:
     """Training and test loaders of ``dataset``.
 
@@ -93,6 +93,11 @@ def build_loaders(
         download: fetch CIFAR if missing (needs internet).
         workers: decoding processes (ImageNet only).
         subset: train on the first ``subset`` images of a fixed permutation of the training set.
+        lighting: ImageNet's PCA lighting noise: ``uint8`` (added to the 0..255 crop before
+            normalisation, as the authors' transform does), ``float`` (added to the [0, 1] image,
+            AlexNet's strength) or ``none`` (see :class:`recu.data.imagenet.ImageFolderDataset`).
+
+    CIFAR-10 is normalised with the ImageNet mean/std and CIFAR-100 with its own, as the authors do.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
@@ -101,7 +106,7 @@ def build_loaders(
         spec = CIFAR_SPECS[dataset]
         x_tr, y_tr = load_cifar(root, dataset, train=True, download=download)
         x_te, y_te = load_cifar(root, dataset, train=False, download=download)
-        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255)
+        norm = dict(mean=spec.mean, std=spec.std, scale=1.0 / 255)
         pad, flip, classes, size = 4, True, spec.num_classes, (3, 32, 32)
     elif dataset == "digits":
         from .digits import DIGITS_MAX, digits_stats, load_digits
@@ -113,7 +118,7 @@ def build_loaders(
         norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
         pad, flip, classes, size = 1, False, 10, (1, 8, 8)
     else:
-        return _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, **common)
+        return _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, lighting, **common)
 
     idx = subset_indices(x_tr.shape[0], subset)
     if idx is not None:
@@ -141,7 +146,8 @@ def build_test_loader(
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
     if dataset in CIFAR_SPECS:
         x_te, y_te = load_cifar(root, dataset, train=False, download=download)
-        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255)
+        spec = CIFAR_SPECS[dataset]
+        norm = dict(mean=spec.mean, std=spec.std, scale=1.0 / 255)
     elif dataset == "digits":
         from .digits import DIGITS_MAX, digits_stats, load_digits
 
@@ -167,7 +173,7 @@ def _imagenet_root(root: Optional[Union[str, "os.PathLike[str]"]]) -> Path:
     return Path(root).expanduser()
 
 
-def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, seed, rank, world_size):  # type: ignore[no-untyped-def]
+def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, lighting, seed, rank, world_size):  # type: ignore[no-untyped-def]
     from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
 
     root = _imagenet_root(root)
@@ -179,7 +185,7 @@ def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augmen
     idx = subset_indices(len(train_samples), subset)
     if idx is not None:
         train_samples = [train_samples[i] for i in idx.tolist()]
-    train_ds = ImageFolderDataset(train_samples, train=True, augment=augment)
+    train_ds = ImageFolderDataset(train_samples, train=True, augment=augment, lighting=lighting)
     test_ds = ImageFolderDataset(val_samples, train=False)
     train = ImageFolderLoader(train_ds, batch_size, device, seed, rank, world_size, workers)
     test = ImageFolderLoader(test_ds, eval_batch_size, device, 0, 0, 1, workers)

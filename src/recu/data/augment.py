@@ -25,7 +25,7 @@ __all__ = [
     "normalize_coefficients",
 ]
 
-# The recipe normalises CIFAR with the ImageNet statistics (method document, section 5).
+# ImageNet, and the authors' CIFAR-10 recipe, normalise with these (method document, section 5).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

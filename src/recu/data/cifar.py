@@ -23,7 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .augment import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
     "CifarSpec",
     "CIFAR10",
     "CIFAR100",
@@ -38,6 +42,9 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+CIFAR100_MEAN = (0.507, 0.487, 0.441)
+CIFAR100_STD = (0.267, 0.256, 0.276)
 
 
 class ChecksumError(RuntimeError):
@@ -61,6 +68,9 @@ class CifarSpec:
     names_key: bytes
     num_classes: int
     md5: Mapping[str, str]
+    # per-channel mean and std of the [0, 1] pixels that the loaders normalise with
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
 
 CIFAR10 = CifarSpec(
@@ -85,6 +95,9 @@ CIFAR10 = CifarSpec(
         "test_batch": "40351d587109b95175f43aff81a1287e",
         "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     },
+    # the authors normalise CIFAR-10 with the ImageNet statistics (their dataset.py; method document, section 5)
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 )
 
 CIFAR100 = CifarSpec(
@@ -105,6 +118,10 @@ CIFAR100 = CifarSpec(
         "test": "f0ef6b0ae62326f3e7ffdfad4b98f7de",
         "meta": "7973b15100ade9c7d40fb424638fde48",
     },
+    # CIFAR-100's own statistics, as the authors' dataset.py has them: the training set's per-channel
+    # mean and std (0.5071, 0.4865, 0.4409 / 0.2673, 0.2564, 0.2762) rounded to 3 digits
+    mean=CIFAR100_MEAN,
+    std=CIFAR100_STD,
 )
 
 CIFAR_SPECS: dict[str, CifarSpec] = {"cifar10": CIFAR10, "cifar100": CIFAR100}

@@ -1,9 +1,12 @@
 """ImageNet-style class folders (root/train/<class>/*, root/val/<class>/*) decoded with Pillow.
 
-Worker processes decode and crop; the training device adds the PCA lighting noise and
-normalises (the noise is drawn in the worker and travels with the batch as 3 numbers per
-image). Every random choice of a sample comes from a seed drawn for its position in the
-epoch from a generator seeded by (seed, epoch), so the result depends neither on the
+Training images are transformed as the authors' torchvision pipeline does:
+RandomResizedCrop(224, scale 0.08-1.25) -> PCA lighting on the 0..255 pixels -> horizontal
+flip -> ToTensor -> normalise. Worker processes decode, crop, light and flip (uint8); the
+training device normalises. With ``lighting="float"`` the noise is instead drawn in the
+worker, travels with the batch as 3 numbers per image and is added to the [0, 1] image on
+the device. Every random choice of a sample comes from a seed drawn for its position in
+the epoch from a generator seeded by (seed, epoch), so the result depends neither on the
 number of workers nor on the number of processes.
 """
 
@@ -27,7 +30,9 @@ __all__ = [
     "LIGHTING_EIGVEC",
     "scan_class_folders",
     "random_resized_crop_box",
+    "LIGHTING_MODES",
     "lighting_offset",
+    "lighting_uint8",
     "ImageFolderDataset",
     "SeededBatchSampler",
     "ImageFolderLoader",
@@ -45,6 +50,10 @@ LIGHTING_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
+
+
+# where the lighting noise is added: to the 0..255 pixels (the authors), to the [0, 1] image, nowhere
+LIGHTING_MODES = ("uint8", "float", "none")
 
 
 def _pil():  # type: ignore[no-untyped-def]
@@ -118,16 +127,36 @@ def lighting_offset(rng: np.random.Generator, std: float = 0.1) -> np.ndarray:
     return (np.asarray(LIGHTING_EIGVEC) @ (alpha * np.asarray(LIGHTING_EIGVAL))).astype(np.float32)
 
 
+def lighting_uint8(pixels: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Add the RGB ``shift`` to (H, W, 3) uint8 pixels as the authors' ``Lighting`` transform does.
+
+    Their transform runs on the PIL crop, before ToTensor: the sum is taken in floating point,
+    clipped to [0, 255] and cast back to uint8, which truncates. A shift meant for [0, 1] pixels
+    (|shift| ~ 0.02) thus lowers a channel by 1/255 where its shift is negative (0 stays 0) and
+    leaves it unchanged where the shift is positive.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"pixels must be uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    lit = np.clip(pixels.astype(np.float64) + np.asarray(shift, dtype=np.float64), 0, 255)
+    return lit.astype(np.uint8)
+
+
 class ImageFolderDataset(Dataset):
     """Decodes one image and applies the geometric transforms.
 
-    Training items are addressed by ``(index, sample_seed)`` and return a
-    RandomResizedCrop(``size``, ``scale``) with a 50% horizontal flip and the lighting
-    shift drawn from that seed; evaluation items are addressed by ``index`` and return the
-    centre ``size`` crop of the image resized to shorter side ``resize``. A training set
-    with ``augment=False`` is shuffled and sharded like one but transformed like evaluation.
+    Training items are addressed by ``(index, sample_seed)``; from that seed come, in this
+    order, the RandomResizedCrop(``size``, ``scale``) window (cut, then resized bilinearly,
+    as torchvision does), the 50% horizontal flip and the lighting shift. ``lighting``
+    says where the shift goes: ``uint8`` adds it to the 0..255 crop before the flip and
+    before normalisation (:func:`lighting_uint8`, the authors' transform order); ``float``
+    returns it for the loader to add to the [0, 1] image (AlexNet's strength, 255x the
+    authors'); ``none`` drops it. Evaluation items are addressed by ``index`` and return
+    the centre ``size`` crop of the image resized to shorter side ``resize``. A training
+    set with ``augment=False`` is shuffled and sharded like one but transformed like
+    evaluation.
 
-    Items are ``(uint8 (3, size, size), label, float32 (3,) lighting shift)``.
+    Items are ``(uint8 (3, size, size), label, float32 (3,) shift still to add)``; the
+    shift is zero unless ``lighting="float"``.
     """
 
     def __init__(
@@ -139,7 +168,11 @@ class ImageFolderDataset(Dataset):
         scale: tuple[float, float] = (0.08, 1.25),
         lighting_std: float = 0.1,
         augment: bool = True,
+        lighting: str = "uint8",
     ) -> None:
+        if lighting not in LIGHTING_MODES:
+            raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {lighting!r}")
+        self.lighting = lighting
         self.samples = list(samples)
         self.train = train
         self.augment = augment
@@ -169,10 +202,18 @@ class ImageFolderDataset(Dataset):
             img = self._open(path)
             rng = np.random.default_rng(sample_seed)
             left, top, w, h = random_resized_crop_box(img.width, img.height, rng, self.scale)
-            img = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
-            if rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            light = lighting_offset(rng, self.lighting_std)
+            # cut, then resize: resizing with box= would let pixels outside the window into its edges
+            img = img.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BILINEAR)
+            flip = rng.random() < 0.5
+            shift = lighting_offset(rng, self.lighting_std)  # drawn in every mode: one random stream
+            pixels = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy shares it
+            if self.lighting == "uint8":
+                pixels = lighting_uint8(pixels, shift)
+            if flip:
+                pixels = pixels[:, ::-1]
+            light = shift if self.lighting == "float" else np.zeros(3, dtype=np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+            return x, label, torch.from_numpy(light)
         else:
             index = key[0] if isinstance(key, tuple) else key
             path, label = self.samples[index]
@@ -262,7 +303,10 @@ class ImageFolderLoader:
             batch_sampler=self.sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            # keep the decoding processes between epochs (and between the evaluations): starting
+            # them again costs seconds per epoch; the batch sampler runs in this process, so
+            # set_epoch still reaches the next epoch's order
+            persistent_workers=workers > 0,
         )
 
     @property
@@ -290,7 +334,7 @@ class ImageFolderLoader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.int64, non_blocking=True)
             out = normalize(x, coefficients=coefficients)
-            if self.train:
-                # lighting is added to the [0, 1] image, i.e. light / std after normalisation
+            if self.train and self.dataset.lighting == "float":
+                # the shift is added to the [0, 1] image, i.e. light / std after normalisation
                 out = out + light.to(self.device, non_blocking=True).view(-1, 3, 1, 1) * inv_std
             yield out, y

@@ -136,6 +136,9 @@ def export(
         spec: how to rebuild the model (``recu.models.create`` arguments); defaults to
             ``model.recu_spec``. Without one, :func:`recu.deploy.load` needs the model skeleton.
         fold_bn: fold a BatchNorm2d that directly and solely consumes a binary conv into it.
+
+    Raises:
+        ValueError: a binary layer uses ``sign_at_zero="zero"`` (a bit has no code for 0).
     """
     from safetensors.torch import save_file
 
@@ -143,6 +146,12 @@ def export(
     spec = spec if spec is not None else getattr(model, "recu_spec", None)
     modules = dict(model.named_modules())
     binary = {n: m for n, m in modules.items() if isinstance(m, BinaryLayer)}
+    zero_sign = [n for n, m in binary.items() if getattr(m.config, "sign_at_zero", "plus_one") == "zero"]
+    if zero_sign:  # a packed bit is +1 or -1: torch.sign's 0 at exactly 0 has no code
+        more = f" (and {len(zero_sign) - 1} more)" if len(zero_sign) > 1 else ""
+        raise ValueError(f"cannot export: binary layer {zero_sign[0]!r}{more} uses "
+                         "sign_at_zero='zero', which 1 bit cannot hold; rebuild it with sign_at_zero='plus_one' "
+                         "(recu convert-authors --sign-at-zero plus_one)")
     packed = {n: m for n, m in binary.items() if packable_reason(m) is None}
     unpacked = {n: packable_reason(m) for n, m in binary.items() if n not in packed}
     rounded = [n for n, m in packed.items() if getattr(m.config, "compute_dtype", "float32") != "float32"]

@@ -141,13 +141,23 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     """The JSON metadata of a deployment file, validated (format name and version)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(METADATA_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path} is not a recu deployment file (not safetensors): {type(e).__name__}: {first}") from None
     if raw is None:
         raise ValueError(f"{path} is not a recu deployment file (no {METADATA_KEY!r} metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a recu deployment file (its {METADATA_KEY!r} metadata is not JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path}: format {found!r} is not {FORMAT_NAME!r}")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {meta.get('version')} is not supported (this recu reads "
                          f"version {FORMAT_VERSION})")
@@ -168,7 +178,7 @@ def build_model(spec: dict) -> nn.Module:
     config = spec.get("config")
     if config is not None and "config" in kwargs:
         config = None
-    return models.create(spec["name"], num_classes=spec.get("num_classes", 10), config=config, kwargs=kwargs)
+    return models.create(spec["name"], num_classes=spec.get("num_classes"), config=config, kwargs=kwargs)
 
 
 def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:

@@ -2,10 +2,14 @@
 
 Build by name with :func:`create`; :func:`available` lists the names. Importing this
 package registers every family, including the small quick-start networks of ``tiny``
-(``digits_cnn_1w1a``, ``mlp_1w1a`` and their ``_fp`` twins).
+(``digits_cnn_1w1a``, ``mlp_1w1a`` and their ``_fp`` twins) and torchvision's ResNet-18/34 layout
+(``resnet34_torchvision``, the two-stage teacher). :func:`load_authors_checkpoint` reads the
+ReCU authors' own checkpoints.
 """
 
-from . import cifar_resnet, imagenet_resnet, reactnet, tiny, vgg  # noqa: F401  (registers the models)
+# importing the families registers their models
+from . import cifar_resnet, imagenet_resnet, reactnet, tiny, torchvision_resnet, vgg  # noqa: F401
+from .authors import load_authors_checkpoint
 from .cifar_resnet import resnet18_1w1a, resnet18_fp, resnet20_1w1a, resnet20_fp
 from .imagenet_resnet import (
     resnet18_1w1a_imagenet,
@@ -14,6 +18,7 @@ from .imagenet_resnet import (
     resnet34_fp_imagenet,
 )
 from .reactnet import reactnet_resnet18, reactnet_resnet18_fp
+from .torchvision_resnet import from_torchvision_state_dict, resnet18_torchvision, resnet34_torchvision
 from .registry import available, create, from_spec, is_binary, register
 from .vgg import vgg_small_1w1a, vgg_small_fp
 
@@ -35,4 +40,8 @@ __all__ = [
     "resnet34_fp_imagenet",
     "reactnet_resnet18",
     "reactnet_resnet18_fp",
+    "resnet18_torchvision",
+    "resnet34_torchvision",
+    "from_torchvision_state_dict",
+    "load_authors_checkpoint",
 ]

@@ -44,7 +44,9 @@ class ImageNetResNet(nn.Module):
     """FP 7x7/2 stem, BN, hardtanh, 3x3/2 maxpool; 4 stages of :class:`BasicBlock` (64..512);
     global avgpool, BN1d(512), FP linear.
 
-    Init: Kaiming-normal (fan_out) convolutions, every BatchNorm2d gamma 1e-8 (document, section 4).
+    Init as the authors' ImageNet ResNet: ``kaiming_normal_`` with PyTorch's defaults (fan_in, gain
+    sqrt(2)) for every convolution, binary or not; every BatchNorm2d gamma 1e-8 and beta 0; BatchNorm1d,
+    the linear layer and alpha keep their default init.
 
     Args:
         depths: blocks per stage, [2,2,2,2] for ResNet-18, [3,4,6,3] for ResNet-34.
@@ -72,7 +74,7 @@ class ImageNetResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.bn2 = nn.BatchNorm1d(512)
         self.fc = nn.Linear(512, num_classes)
-        kaiming_init_convs(self, mode="fan_out", nonlinearity="relu")
+        kaiming_init_convs(self)
         fill_bn2d_gamma(self, 1e-8)
 
     def forward(self, x: Tensor) -> Tensor:

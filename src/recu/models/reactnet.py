@@ -1,8 +1,10 @@
 """Two-stage "ReActNet-like" ResNet-18 (method document, section 4).
 
 Sixteen single-convolution blocks in stages [4, 4, 4, 4]. Stage 1 trains with binary
-activations and real weights, stage 2 with both binary, initialised from stage 1 (the
-two stages have identical state_dict keys, so ``load_state_dict`` carries stage 1 over).
+activations and real weights without the ReCU clamp (as ReActNet's stage 1, whose convolutions
+have real weights and no clamp), stage 2 with both binary and the clamp, initialised from stage 1
+(the two stages have identical state_dict keys, so ``load_state_dict`` carries stage 1 over).
+Every layer keeps PyTorch's default initialisation, as in the authors' two-stage model.
 
 Not fixed by the document, chosen as in Bi-Real Net / ReActNet's ResNet-18: the stem is an
 FP 7x7/2 convolution, BN and 3x3/2 maxpool without activation, and the head is global
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import BinaryConfig
-from ._common import ConvFactory, conv_factory, kaiming_init_convs
+from ._common import ConvFactory, conv_factory
 from .registry import register
 
 __all__ = ["LearnableBias", "ReActBlock", "ReActResNet18", "reactnet_resnet18", "reactnet_resnet18_fp", "stage_config"]
@@ -80,7 +82,7 @@ class ReActResNet18(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        kaiming_init_convs(self, mode="fan_out", nonlinearity="relu")
+        # No init pass: the authors' two-stage model keeps PyTorch's default initialisation.
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.bn1(self.conv1(x)))
@@ -89,9 +91,14 @@ class ReActResNet18(nn.Module):
 
 
 def stage_config(config: BinaryConfig, stage: int) -> BinaryConfig:
-    """The binary config of training stage 1 (binary activations, real weights) or 2 (both binary)."""
+    """The binary config of training stage 1 (binary activations, real weights, no clamp) or 2 (both binary).
+
+    Stage 1 drops the clamp whatever ``config`` says: ReActNet's stage 1 trains plain real weights,
+    and clamping real weights would cap them at +-Q for no binarisation benefit. The weights are
+    still centred and standardised, so stage 2 starts from the function stage 1 learned up to the sign.
+    """
     if stage == 1:
-        return config.replace(binary_weights=False, binary_activations=True)
+        return config.replace(binary_weights=False, binary_activations=True, clamp="none")
     if stage == 2:
         return config.replace(binary_weights=True, binary_activations=True)
     raise ValueError(f"stage must be 1 (real weights, binary activations) or 2 (both binary), got {stage!r}")

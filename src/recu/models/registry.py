@@ -110,13 +110,14 @@ def _lookup(name: str) -> Builder:
     return _REGISTRY[name][0]
 
 
-def create(name: str, num_classes: int = 10, config: ConfigLike = None, *, pretrained: bool = False,
+def create(name: str, num_classes: Optional[int] = None, config: ConfigLike = None, *, pretrained: bool = False,
            **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``.
 
     Args:
         name: one of :func:`available` (``resnet20_1w1a``, ``resnet20_fp``, ...).
-        num_classes: size of the classifier output.
+        num_classes: size of the classifier output; ``None`` (the default) takes the model's own:
+            1000 for the ImageNet models (``*_imagenet``, ``reactnet_*``), 10 for the CIFAR ones.
         config: :class:`~recu.nn.BinaryConfig` of the binary layers (ReCU when ``None``),
             or the dict ``dataclasses.asdict`` made of one. Ignored by full-precision models.
         **kwargs: model-specific options (e.g. ``stage=1`` for ``reactnet_resnet18``).

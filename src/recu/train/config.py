@@ -13,9 +13,11 @@ __all__ = ["TrainConfig", "parse_override", "parse_duration"]
 
 _CHOICES = {
     "optimizer": ("sgd", "adam"),
-    "lr_schedule": ("cosine", "constant"),
-    "weight_decay_on": ("all", "conv_fc"),
+    "lr_schedule": ("cosine", "cosine_after_warmup", "constant"),
+    "weight_decay_on": ("all", "names", "conv_fc"),
+    "lighting": ("uint8", "float", "none"),
     "tau_schedule": ("exponential", "linear", "cosine", "constant"),
+    "amp": ("off", "bfloat16", "float16"),
 }
 
 
@@ -40,6 +42,9 @@ class TrainConfig:
     download: bool = False
     subset: Optional[int] = None
     augment: bool = True
+    # ImageNet PCA lighting noise (recu.data.imagenet): "uint8" adds it to the 0..255 crop before
+    # ToTensor, as the authors' transform does; "float" to the [0, 1] image (AlexNet's strength); "none"
+    lighting: str = "uint8"
     workers: int = 4
     batch_size: int = 256
     eval_batch_size: int = 1000
@@ -49,7 +54,11 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # which parameters weight_decay applies to (recu.train.param_groups): "all" (the authors' CIFAR
+    # script), "names" (names holding one of weight_decay_names: their ImageNet and two-stage scripts)
+    # or "conv_fc" (conv/linear weights except full-precision 1x1 convs; recu before issue 10)
     weight_decay_on: str = "all"
+    weight_decay_names: list[str] = field(default_factory=lambda: ["conv", "fc"])
     warmup_epochs: int = 5
     lr_schedule: str = "cosine"
     label_smoothing: float = 0.0
@@ -68,6 +77,10 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = False
     compile: bool = False
+    # mixed precision of the training step: "off", "bfloat16" (autocast, GPUs with bf16 units) or
+    # "float16" (autocast with a GradScaler). The latent weights, tau and Q stay float32; evaluation
+    # runs in float32. YAML's false/off read as "off".
+    amp: str = "off"
     sync_bn: bool = False
     monitor: bool = True
     eval_every: int = 1
@@ -75,6 +88,9 @@ class TrainConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        # YAML reads `amp: false` / `amp: off` as a boolean, which _coerce turns into "False"
+        if self.amp in (False, None) or str(self.amp).lower() in ("false", "off", "none", "no"):
+            self.amp = "off"
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -85,6 +101,14 @@ class TrainConfig:
             raise ValueError(f"config warmup_epochs must lie in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         if self.lr <= 0:
             raise ValueError(f"config lr must be > 0, got {self.lr}")
+        if isinstance(self.weight_decay_names, str):  # --set weight_decay_names=conv
+            self.weight_decay_names = [self.weight_decay_names]
+        names = self.weight_decay_names
+        if (not isinstance(names, (list, tuple)) or not names
+                or not all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"config weight_decay_names must be a non-empty list of non-empty name substrings, "
+                             f"e.g. [conv, fc], got {names!r}")
+        self.weight_decay_names = list(names)
 
     @property
     def run_dir(self) -> Path:
@@ -171,7 +195,9 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         hint = hints.get(key)
         if value is None or hint is None:
             continue
-        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        # only Optional[X] is unwrapped: list[str] or dict[...] values are left as YAML made them
+        optional = typing.get_origin(hint) is typing.Union
+        base = [a for a in typing.get_args(hint) if a is not type(None)] if optional else [hint]
         target = base[0] if len(base) == 1 else None
         if target in (int, float) and not isinstance(value, bool):
             try:

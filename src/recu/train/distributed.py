@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "cleanup",
+           "file_seen_by_all"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,25 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def file_seen_by_all(path: Path, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``path`` is a file, asked of every process at once (a collective call: all must make it).
+
+    Raises ``RuntimeError`` on every process when only some see it: a run directory on a disk
+    that one machine does not share would otherwise resume on some processes and silently
+    restart on the others, which then train another model than they believe.
+    """
+    found = Path(path).is_file()
+    if not info.enabled:
+        return found
+    flag = torch.tensor([1.0 if found else 0.0], dtype=torch.float64, device=device)
+    count = int(all_reduce_sum(flag, info).item())
+    if 0 < count < info.world_size:
+        raise RuntimeError(f"{path} is seen by {count} of {info.world_size} processes (this one, rank "
+                           f"{info.rank}, {'sees' if found else 'does not see'} it): put the run directory "
+                           f"on a file system every process shares")
+    return found
 
 
 def barrier(info: DistInfo) -> None:

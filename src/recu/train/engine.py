@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,39 +19,95 @@ from ..nn import BinaryLayer, preset
 from ..schedule import TauSchedule, create_schedule
 from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
+from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup, file_seen_by_all, init_distributed,
+                          resolve_device)
 from .log import MetricsLog, Progress, read_metrics
 
 # the wall clock of the time limit (a module attribute so that tests can drive it)
 _clock = time.monotonic
 
+# TrainConfig.amp -> the autocast dtype of the training step
+_AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"off": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 __all__ = ["train", "Trainer", "lr_factor", "param_groups", "evaluate", "build_model", "model_from_checkpoint"]
 
 
+LR_SCHEDULES = ("cosine", "cosine_after_warmup", "constant")
+WEIGHT_DECAY_RULES = ("all", "names", "conv_fc")
+
+
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, schedule: str = "cosine") -> float:
-    """The authors' recipe: lr * (e + 1) / W for the W warm-up epochs, then cosine to 0 over the rest."""
+    """lr / base lr in epoch ``epoch`` (0-based) of ``epochs``; the lr is set once per epoch.
+
+    Every schedule warms up as the authors' main.py does: (e + 1) / W in the W warm-up epochs.
+    After it:
+
+    - ``cosine`` (the authors' scripts): half a cosine whose first point is the LAST warm-up epoch,
+      0.5 (1 + cos(pi (e - s) / (E - s))) with s = max(W - 1, 0). Their main.py steps
+      ``CosineAnnealingLR(T_max=E - 4)`` after every epoch from epoch 4 on (W = 5); without warm-up
+      (W = 0) it is the plain cosine over E epochs. It never reaches 0: the last epoch gets
+      0.5 (1 + cos(pi (E - 1 - s) / (E - s))).
+    - ``cosine_after_warmup`` (recu before issue 10; the runs in docs/ used it): the cosine starts
+      after the warm-up, 0.5 (1 + cos(pi (e - W) / (E - W))), so epochs W - 1 and W both get the full lr.
+    - ``constant``: 1.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if not 0 <= warmup_epochs < epochs:
+        raise ValueError(f"warmup_epochs must lie in [0, epochs={epochs}), got {warmup_epochs}")
     if epoch < warmup_epochs:
         return (epoch + 1) / warmup_epochs
     if schedule == "constant":
         return 1.0
-    span = max(epochs - warmup_epochs, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+    start = warmup_epochs if schedule == "cosine_after_warmup" else max(warmup_epochs - 1, 0)
+    span = max(epochs - start, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - start) / span))
 
 
-def param_groups(model: nn.Module, weight_decay: float, on: str = "all") -> list[dict[str, Any]]:
-    """``all``: decay every parameter (CIFAR recipe). ``conv_fc``: only the weights of convolutions
-    and linear layers, except full-precision 1x1 downsampling convolutions (ImageNet recipe)."""
+def param_groups(model: nn.Module, weight_decay: float, on: str = "all",
+                 names: Sequence[str] = ("conv", "fc")) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the decayed parameters with ``weight_decay``, the others with 0.
+
+    Only trainable parameters (``requires_grad``) are listed. ``on`` picks the decayed ones:
+
+    - ``all``: every parameter, in a single group (the authors' CIFAR script).
+    - ``names``: every parameter whose name in ``model.named_parameters()`` contains one of ``names``
+      as a substring (the authors' ImageNet and two-stage scripts, with ``("conv", "fc")``). On any
+      model the rule is only about names, so it says exactly what it decays. On recu's ImageNet
+      ResNets and two-stage ResNet-18 it decays what the authors' scripts decay on theirs: the stem
+      convolution's weight, every binary convolution's weight and ``alpha``, the classifier's weight
+      and bias; not BatchNorm, not the full-precision 1x1 shortcut convolutions (``downsample.N``),
+      not the two-stage blocks' shifts (``move*``) and PReLU slopes.
+    - ``conv_fc``: the ``weight`` of every Conv1d/Conv2d/Linear except full-precision (non-binary)
+      1x1 Conv2d; no ``alpha``, no bias (recu before issue 10, kept as an option).
+
+    Raises:
+        ValueError: an unknown rule, bad ``names``, or (``names`` with ``weight_decay > 0``) no
+            parameter name holding any of ``names`` - a rule that would silently decay nothing.
+    """
+    if on not in WEIGHT_DECAY_RULES:
+        raise ValueError(f"weight decay rule must be one of {WEIGHT_DECAY_RULES}, got {on!r}")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if on == "all":
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay: list[Tensor] = []
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            fp_downsample = (isinstance(module, nn.Conv2d) and not isinstance(module, BinaryLayer)
-                             and tuple(module.kernel_size) == (1, 1))
-            if not fp_downsample and module.weight.requires_grad:
-                decay.append(module.weight)
+        return [{"params": [p for _, p in trainable], "weight_decay": weight_decay}]
+    if on == "names":
+        if isinstance(names, str) or not names or not all(isinstance(s, str) and s for s in names):
+            raise ValueError(f"names must be a non-empty list of non-empty name substrings, got {names!r}")
+        decay = [p for n, p in trainable if any(s in n for s in names)]
+        if weight_decay > 0 and not decay:
+            shown = [n for n, _ in trainable[:4]]
+            raise ValueError(f"weight_decay_names {list(names)} match no trainable parameter of the model "
+                             f"(its names look like {shown})")
+    else:
+        decay = []
+        for module in model.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                fp_1x1 = (isinstance(module, nn.Conv2d) and not isinstance(module, BinaryLayer)
+                          and tuple(module.kernel_size) == (1, 1))
+                if not fp_1x1 and module.weight.requires_grad:
+                    decay.append(module.weight)
     ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    rest = [p for _, p in trainable if id(p) not in ids]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -74,10 +132,27 @@ def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, channels_last: bool = False) -> dict[str, float]:
-    """Cross-entropy, top-1 and top-5 accuracy (%) over a whole loader."""
+    """Cross-entropy, top-1 and top-5 accuracy (%) over a whole loader (one host read at the end)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    try:
+        totals, n = _eval_totals(model, loader, device, channels_last)
+    finally:
+        model.train(was_training)
+    loss, top1, top5 = totals.tolist()
+    n = max(n, 1)
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+@torch.no_grad()
+def _eval_totals(model: nn.Module, loader: Any, device: torch.device, channels_last: bool) -> tuple[Tensor, int]:
+    """(summed loss, top-1 hits, top-5 hits) on the device, and the number of samples, counted on the host.
+
+    Nothing in the loop waits for the device: the sample count comes from the batch shapes, not
+    from a tensor built out of a Python number each step (a host-to-device copy on a GPU).
+    """
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    n = 0
     for x, y in loader:
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -85,13 +160,10 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, channels_last:
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top.eq(y[:, None])
-        totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                               hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-                               torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
-    model.train(was_training)
-    loss, top1, top5, n = totals.tolist()
-    n = max(n, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+        totals += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                               hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
+        n += y.numel()
+    return totals, n
 
 
 def _soft_cross_entropy(student: Tensor, teacher: Tensor) -> Tensor:
@@ -125,13 +197,16 @@ class Trainer:
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.seed)
+        self.run_dir = cfg.run_dir
+        # before the data and the model: a wrong --resume fails at once
+        resume_from = self._checkpoint_to_resume()
 
         from ..data import build_loaders
 
         self.data = build_loaders(
             cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, self.device, cfg.seed,
             rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
-            download=cfg.download, workers=cfg.workers, subset=cfg.subset,
+            download=cfg.download, workers=cfg.workers, subset=cfg.subset, lighting=cfg.lighting,
         )
         self.model = build_model(cfg, self.data.num_classes).to(self.device)
         if cfg.init_from:
@@ -140,14 +215,17 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if cfg.teacher:
-            self.teacher = model_from_checkpoint(load_checkpoint(cfg.teacher), f"teacher {cfg.teacher}")
+            from .teacher import load_teacher  # a recu checkpoint or torchvision's ResNet-34 weights file
+
+            self.teacher = load_teacher(cfg.teacher)
             self.teacher.to(self.device).eval().requires_grad_(False)
 
         self.has_binary = bool(binary_layers(self.model))
         self.tau: Optional[TauSchedule] = None
         if self.has_binary:
-            self.tau = create_schedule(cfg.tau_schedule, cfg.epochs, cfg.tau_start, cfg.tau_end, cfg.tau_switch_off)
-        groups = param_groups(self.model, cfg.weight_decay, cfg.weight_decay_on)
+            self.tau = create_schedule(cfg.tau_schedule, tau_start=cfg.tau_start, tau_end=cfg.tau_end,
+                                       epochs=cfg.epochs, switch_off=cfg.tau_switch_off)
+        groups = param_groups(self.model, cfg.weight_decay, cfg.weight_decay_on, cfg.weight_decay_names)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         else:
@@ -162,6 +240,21 @@ class Trainer:
             if DeadWeightMonitor is not None:
                 self.callbacks.append(DeadWeightMonitor())
 
+        self.amp_dtype: Optional[torch.dtype] = _AMP_DTYPES[cfg.amp]
+        # float16 needs loss scaling (its range underflows small gradients); bfloat16 does not
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "float16" else None
+
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.best_epoch = -1
+        self.last_record: dict[str, Any] = {}
+        # Resume on every process and before DDP wraps the model: DDP then starts from the resumed
+        # weights everywhere (its construction broadcasts rank 0's), and the optimizer state belongs
+        # to the parameters it will step.
+        resumed = load_checkpoint(resume_from) if resume_from is not None else None
+        if resumed is not None:
+            self._load(resumed)
+
         self.net: nn.Module = self.model
         if self.dist.enabled:
             if cfg.sync_bn:
@@ -173,18 +266,11 @@ class Trainer:
             self.net = torch.compile(self.net)
             self.eval_net = torch.compile(self.model)
 
-        self.run_dir = cfg.run_dir
         self.log = MetricsLog(self.run_dir, cfg.tensorboard) if self.dist.is_main else None
-        self.start_epoch = 0
-        self.best_top1 = -1.0
-        self.best_epoch = -1
-        self.last_record: dict[str, Any] = {}
-        last = self.run_dir / "last.pt"
-        if last.exists() and not self.resume:
-            raise ValueError(f"{self.run_dir} already holds a run (last.pt): pass --resume to continue it "
-                             f"or choose another name/out_dir")
-        if self.resume and last.exists():
-            self._load(load_checkpoint(last))
+        if resumed is not None and self.log is not None:
+            # drop what the killed run logged after its checkpoint
+            kept = [r for r in read_metrics(self.log.path) if r.get("epoch", -1) < int(resumed["epoch"])]
+            self.log.rewrite(kept + [resumed["metrics"]])
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
@@ -205,9 +291,24 @@ class Trainer:
         self.best_top1 = float(state.get("best_top1", -1.0))
         self.best_epoch = int(state.get("best_epoch", -1))
         self.last_record = state["metrics"]
-        if self.log is not None:
-            kept = [r for r in read_metrics(self.log.path) if r.get("epoch", -1) < int(state["epoch"])]
-            self.log.rewrite(kept + [state["metrics"]])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+    def _checkpoint_to_resume(self) -> Optional[Path]:
+        """The run directory's ``last.pt`` when resuming, None for a fresh run; asked of every process.
+
+        Raises ``ValueError`` for ``--resume`` without a run to resume and for a fresh run into a
+        directory that holds one, ``RuntimeError`` when only some processes see the checkpoint.
+        """
+        last = self.run_dir / "last.pt"
+        found = file_seen_by_all(last, self.dist, self.device)
+        if found and not self.resume:
+            raise ValueError(f"{self.run_dir} already holds a run (last.pt): pass --resume to continue it "
+                             f"or choose another name/out_dir")
+        if self.resume and not found:
+            raise ValueError(f"--resume: there is no run to resume in {self.run_dir} (no last.pt); "
+                             f"start it without --resume")
+        return last if found else None
 
     def _state(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -223,23 +324,55 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "metrics": record,
             "recu_version": __version__,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     # -- the loop -----------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        start = time.perf_counter()
+        sums, seen = self._run_steps(epoch)
+        totals = torch.cat([sums, sums.new_full((1,), float(seen))])
+        # the first host read of the epoch: it waits for the device, so the time below is the real one
+        loss_sum, correct, n = all_reduce_sum(totals, self.dist).tolist()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
+                "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
+
+    def _run_steps(self, epoch: int) -> tuple[Tensor, int]:
+        """Every step of ``epoch``: (summed loss, correct) on the device and the samples seen (host count).
+
+        Nothing here waits for the device (no ``.item()``, no tensor made from a Python number),
+        so a GPU runs ahead of the host for the whole epoch; GradScaler's finite check with
+        ``amp: float16`` is the one exception.
+        """
         cfg, loader = self.cfg, self.data.train
         loader.set_epoch(epoch)
         self.net.train()
         steps = len(loader)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        seen = 0
         progress = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}",
                             cfg.progress if self.dist.is_main else False, unit_scale=cfg.batch_size)
-        start = time.perf_counter()
         for step, (x, y) in enumerate(loader):
             if self.tau is not None and cfg.tau_per_step:
                 self.tau.apply(self.model, epoch, step, steps)
-            if cfg.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            self._train_step(x, y, sums)
+            seen += y.numel()
+            progress.update(y.numel() * self.dist.world_size)
+        progress.close()
+        return sums, seen
+
+    def _autocast(self) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_step(self, x: Tensor, y: Tensor, sums: Tensor) -> None:
+        """One optimiser step on the batch (x, y); adds its (summed loss, correct) to ``sums`` in place."""
+        cfg = self.cfg
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
             logits = self.net(x)
             if self.teacher is not None:
                 with torch.no_grad():
@@ -247,19 +380,16 @@ class Trainer:
                 loss = _soft_cross_entropy(logits, target)
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
             loss.backward()
             self.optimizer.step()
-            with torch.no_grad():
-                sums += torch.stack([loss.detach().double() * y.numel(),
-                                     (logits.argmax(dim=1) == y).sum().double(),
-                                     torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
-            progress.update(y.numel() * self.dist.world_size)
-        progress.close()
-        elapsed = time.perf_counter() - start
-        loss_sum, correct, n = all_reduce_sum(sums, self.dist).tolist()
-        return {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
-                "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
+        with torch.no_grad():
+            sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(dim=1) == y).sum().double()])
 
     def _out_of_time(self, job_start: float, epoch_start: float) -> bool:
         """Would one more epoch, as long as the one just finished (with its evaluation and checkpoint),
@@ -348,7 +478,8 @@ def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: b
     """Train ``cfg`` and return ``final_top1``, ``best_top1``, ``best_epoch``, ``run_dir``, ``last_epoch``
     (epochs done so far) and ``stopped_by_time_limit``.
 
-    ``resume`` continues the run in ``cfg.run_dir`` from its ``last.pt``. ``stop_after=N`` ends the
+    ``resume`` continues the run in ``cfg.run_dir`` from its ``last.pt`` (a ``ValueError`` when there is
+    none, rather than a fresh start). ``stop_after=N`` ends the
     job after epoch N; ``time_limit`` (seconds of wall clock from the call) ends it after the last
     epoch that fits, as estimated from the epoch before (a time-sliced job on a cluster). Either way
     the checkpoint of the last epoch is written and ``resume=True`` continues the run exactly.
