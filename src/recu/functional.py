@@ -168,6 +168,9 @@ def sign(x: Tensor, at_zero: SignAtZero = "plus_one") -> Tensor:
     # on a CPU several times faster than torch.where(x >= 0, 1, -1), whose CPU kernel made the layer
     # slower than the authors'. nan -> -1 first (nan >= 0 is false), as the packed kernels and the ONNX
     # graph binarise it (torch.sign gives 0 for nan, which would become +1).
+    if torch.compiler.is_compiling():  # inductor fuses the comparison into one kernel either way
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return torch.where(x >= 0, one, -one)
     return torch.sign(torch.nan_to_num(x, nan=-1.0)).add_(0.5).sign_()
 
 
