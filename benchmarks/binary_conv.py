@@ -6,13 +6,23 @@ path (``--kernels``, default: every compiled path this CPU runs) is timed as a p
 it: from the float input (packing, or on ``amx`` writing int8 signs) to the output, and, for the
 popcount paths, the kernel alone. Prints the ratio per shape and the achieved multiply-accumulates
 per cycle next to this core's ceilings (``--ghz``, default 2.6 = the TSC rate this VM reports).
+``RECU_DEPLOY_KERNEL`` (other than ``auto``) picks the path when ``--kernels`` is not given.
 
-    python benchmarks/binary_conv.py [--threads 1 2] [--repeat 50] [--kernels amx avx512]
+    python benchmarks/binary_conv.py [--threads 1 2] [--repeat 50] [--kernels amx avx512 avx2]
+
+The ``avx2`` path as an AVX2-only CPU would run it, on a machine with AVX-512 (numba compiles for
+Haswell; PyTorch, MKL and oneDNN are held to AVX2 so the float baseline is an AVX2 one too; see
+docs/deploy.md, "The avx2 kernel")::
+
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= NUMBA_CACHE_DIR=/tmp/nc_haswell \\
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \\
+    RECU_DEPLOY_KERNEL=avx2 python benchmarks/binary_conv.py --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 
@@ -34,7 +44,12 @@ SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 FMA_MACS_PER_CYCLE = 32
 POPCNT_BITMACS_PER_CYCLE = 512 / 1.5
 AMX_MACS_PER_CYCLE = 1024
-CEILING = {"amx": AMX_MACS_PER_CYCLE, "avx512": POPCNT_BITMACS_PER_CYCLE}
+# On an AVX2 core (Haswell-Skylake client, Zen 2/3): fp32 two 256-bit FMA ports x 8 lanes. The avx2
+# kernel issues 8 vector uops per 256 binary MACs (xor, the nibble lookup's and/shift/and and two
+# vpshufb, two byte adds) on 3 vector ports: 256 / (8 / 3).
+AVX2_FMA_MACS_PER_CYCLE = 16
+AVX2_POPCNT_BITMACS_PER_CYCLE = 256 / (8 / 3)
+CEILING = {"amx": AMX_MACS_PER_CYCLE, "avx512": POPCNT_BITMACS_PER_CYCLE, "avx2": AVX2_POPCNT_BITMACS_PER_CYCLE}
 
 
 def cpu_model() -> str:
@@ -81,11 +96,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--kernels", nargs="+", choices=[k for k in K.KERNELS if k != "auto"],
-                    help="kernel paths to time (default: amx and avx512 where this CPU has them, else portable)")
+                    help="kernel paths to time (default: RECU_DEPLOY_KERNEL when set, else amx and avx512 where this "
+                         "CPU has them, else what auto picks: avx2 or portable)")
     ap.add_argument("--ghz", type=float, default=2.6, help="clock used for the per-cycle figures")
     args = ap.parse_args()
-    kernels = args.kernels or ([k for k in ("amx", "avx512") if (K.has_amx() if k == "amx" else K.has_vpopcntdq())]
-                               or [K.resolve_kernel("auto")])
+    chosen = os.environ.get(K.ENV_VAR, "auto").strip().lower()
+    kernels = args.kernels or ([K.resolve_kernel(chosen)] if chosen != "auto" else None) or (
+        [k for k in ("amx", "avx512") if (K.has_amx() if k == "amx" else K.has_vpopcntdq())]
+        or [K.resolve_kernel("auto")])
     for k in kernels:
         K.resolve_kernel(k)  # refuse a path this CPU cannot run
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; medians of >= {args.repeat} calls; "
@@ -93,6 +111,11 @@ def main() -> None:
     print(f"ceilings per core per cycle: fp32 {FMA_MACS_PER_CYCLE} MACs (2 FMA zmm); popcount "
           f"{POPCNT_BITMACS_PER_CYCLE:.0f} binary MACs ({POPCNT_BITMACS_PER_CYCLE / FMA_MACS_PER_CYCLE:.1f}x fp32); "
           f"AMX-INT8 {AMX_MACS_PER_CYCLE} ({AMX_MACS_PER_CYCLE // FMA_MACS_PER_CYCLE}x fp32)")
+    if "avx2" in kernels:
+        print(f"on an AVX2 core: fp32 {AVX2_FMA_MACS_PER_CYCLE} MACs (2 FMA ymm); avx2 kernel "
+              f"{AVX2_POPCNT_BITMACS_PER_CYCLE:.0f} binary MACs "
+              f"({AVX2_POPCNT_BITMACS_PER_CYCLE / AVX2_FMA_MACS_PER_CYCLE:.1f}x fp32); PyTorch CPU capability here: "
+              f"{torch.backends.cpu.get_cpu_capability()}")
     for threads in args.threads:
         print(f"\nthreads {threads}  (layer = from the float input to the float output; ratio = float / layer)")
         head = f"{'shape':>8} {'float ms':>9} {'fp32 MAC/c':>10}"

@@ -3,22 +3,12 @@
 Layers (:mod:`recu.nn`), the method's maths (:mod:`recu.functional`), tau schedules,
 model conversion and a model summary are importable from here; training, analysis
 and deployment live in their own subpackages.
+
+The names are imported on first use (PEP 562), so ``import recu`` imports no PyTorch: a deployment
+machine runs :mod:`recu.deploy` without it (``pip install recu-bnn[runtime]``).
 """
 
-from .convert import binarize, binary_layers
-from .nn import BinaryConfig, PRESETS, ReCUConv1d, ReCUConv2d, ReCULinear, preset
-from .schedule import (
-    ConstantTau,
-    CosineTau,
-    ExponentialTau,
-    LinearTau,
-    SwitchOffTau,
-    TauSchedule,
-    create_schedule,
-    get_tau,
-    set_tau,
-)
-from .summary import ModelSummary, summary
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -43,3 +33,18 @@ __all__ = [
     "summary",
     "ModelSummary",
 ]
+
+# Where each name lives; imported from there on first access.
+_NAMES = {
+    **dict.fromkeys(("binarize", "binary_layers"), ".convert"),
+    **dict.fromkeys(("BinaryConfig", "PRESETS", "ReCUConv1d", "ReCUConv2d", "ReCULinear", "preset"), ".nn"),
+    **dict.fromkeys(("ConstantTau", "CosineTau", "ExponentialTau", "LinearTau", "SwitchOffTau", "TauSchedule",
+                     "create_schedule", "get_tau", "set_tau"), ".schedule"),
+    **dict.fromkeys(("ModelSummary", "summary"), ".summary"),
+}
+# Subpackages reachable as attributes after a bare ``import recu`` (the eager imports made
+# ``recu.functional`` and ``recu.nn`` so; the rest come along for the same spelling).
+_SUBMODULES = ("functional", "nn", "convert", "schedule", "models", "data", "train", "analysis", "deploy",
+               "pretrained", "cli")
+
+__getattr__, __dir__ = attach(__name__, _NAMES, _SUBMODULES)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import math
 from typing import Literal, Union
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as e:  # a runtime-only install (recu-bnn[runtime]) has no PyTorch
+    if e.name != "torch":
+        raise
+    from ._lazy import missing_torch
+
+    raise missing_torch("recu.functional") from None
 from torch import Tensor
 
 __all__ = [

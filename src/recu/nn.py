@@ -19,7 +19,14 @@ import numbers
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as e:  # a runtime-only install (recu-bnn[runtime]) has no PyTorch
+    if e.name != "torch":
+        raise
+    from ._lazy import missing_torch
+
+    raise missing_torch("recu.nn") from None
 import torch.nn.functional as F
 from torch import Tensor, nn
 

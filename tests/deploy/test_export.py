@@ -58,7 +58,7 @@ def test_network_exact(tmp_path: Path, name: str, size: int, n_binary: int, impl
     meta = export(model, path)
     assert len(meta["binary_layers"]) == n_binary
     assert len(meta["folded_bn"]) == n_binary  # every binary conv feeds its own BN in these nets
-    packed = load(path, impl=impl)
+    packed = load(path, impl=impl, engine="layers")
     assert len(packed.packed_layers()) == n_binary
 
     x = torch.randn(2, 3, size, size)
@@ -136,7 +136,7 @@ def test_binary_linear_layers_are_packed(tmp_path: Path) -> None:
     path = tmp_path / "mlp.recu"
     meta = export(model, path)
     assert [l["kind"] for l in meta["binary_layers"]] == ["linear", "linear"]
-    packed = load(path)
+    packed = load(path, engine="layers")
     layers = packed.packed_layers()
     assert len(layers) == 2 and all(isinstance(m, PackedLinear) for _, m in layers)
     x = torch.randn(5, 64)
@@ -208,7 +208,7 @@ def test_numpy_reference_path_runs_the_whole_network(tmp_path: Path) -> None:
     path = tmp_path / "r20.recu"
     export(model, path)
     x = torch.randn(1, 3, 32, 32)
-    ref = load(path, impl="numpy")
+    ref = load(path, impl="numpy", engine="layers")
     assert all(p.impl == "numpy" for _, p in ref.packed_layers())
     with torch.no_grad():
         # NumPy emulates the float32 fma in float64 (rare one-ulp double rounding), hence allclose.
@@ -223,7 +223,7 @@ def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every kernel on numba's worker threads
     model = randomize(models.create("resnet20_1w1a"))
     export(model, tmp_path / "r20.recu")
-    packed = load(tmp_path / "r20.recu", num_threads=2)
+    packed = load(tmp_path / "r20.recu", num_threads=2, engine="layers")
     xs = [torch.randn(2, 3, 32, 32) for _ in range(6)]
     with torch.no_grad():
         want = [model(x.contiguous(memory_format=torch.channels_last)) for x in xs]
@@ -248,4 +248,4 @@ def test_every_registry_model_is_bit_identical(tmp_path: Path, name: str) -> Non
     x = torch.randn(2, *_input_shape(name))
     with torch.no_grad():
         want = model(x.contiguous(memory_format=torch.channels_last))
-    assert torch.equal(load(path)(x), want)
+    assert torch.equal(load(path, engine="layers")(x), want)

@@ -22,6 +22,8 @@ if K.numba_available():
     COMPILED.append("portable")
     if K.has_vpopcntdq():
         COMPILED.append("avx512")
+    if K.has_avx2():
+        COMPILED.append("avx2")
     if K.has_amx():
         COMPILED.append("amx")
 PATHS = COMPILED + ["numpy"]
@@ -159,10 +161,10 @@ def test_kernel_property(c: int, o: int, k: int, s: int, p: int, h: int, w_: int
 def test_resolve_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(K.ENV_VAR, "numpy")
     assert K.resolve_kernel() == "numpy"
-    assert K.resolve_kernel("auto") in ("amx", "avx512", "portable", "numpy")
+    assert K.resolve_kernel("auto") in ("amx", "avx512", "avx2", "portable", "numpy")
     monkeypatch.delenv(K.ENV_VAR)
     assert K.resolve_kernel() == ("amx" if "amx" in COMPILED else "avx512" if "avx512" in COMPILED
-                                  else "portable" if COMPILED else "numpy")
+                                  else "avx2" if "avx2" in COMPILED else "portable" if COMPILED else "numpy")
     monkeypatch.setenv(K.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=K.ENV_VAR):
         K.resolve_kernel()
@@ -312,3 +314,109 @@ def test_amx_kernel_emits_tdpbssd() -> None:
 @pytest.mark.skipif("avx512" not in COMPILED, reason="CPU without AVX-512 VPOPCNTDQ")
 def test_fast_kernel_emits_vpopcntq_zmm() -> None:
     assert K.fast_kernel_asm_has_vpopcntq()
+
+
+def test_auto_prefers_amx_then_avx512_then_avx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.delenv(K.ENV_VAR, raising=False)
+    for amx, vpopcntdq, avx2, want in [
+        (True, True, True, "amx"),
+        (False, True, True, "avx512"),
+        (False, False, True, "avx2"),   # AMD before Zen 4, most laptops
+        (False, False, False, "portable"),
+    ]:
+        monkeypatch.setattr(K, "has_amx", lambda v=amx: v)
+        monkeypatch.setattr(K, "has_vpopcntdq", lambda v=vpopcntdq: v)
+        monkeypatch.setattr(K, "has_avx2", lambda v=avx2: v)
+        assert K.resolve_kernel() == want
+        assert K.resolve_kernel("auto") == want
+    monkeypatch.setattr(K, "has_avx2", lambda: True)
+    assert K.resolve_kernel("avx2") == "avx2"  # explicit, on a CPU with AVX2
+    monkeypatch.setenv(K.ENV_VAR, "AVX2")
+    assert K.resolve_kernel() == "avx2"
+
+
+def test_avx2_refused_without_avx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.setattr(K, "has_avx2", lambda: False)
+    with pytest.raises(RuntimeError, match="AVX2"):
+        K.resolve_kernel("avx2")
+    monkeypatch.setattr(K, "numba_available", lambda: False)
+    with pytest.raises(RuntimeError, match="numba"):
+        K.resolve_kernel("avx2")
+
+
+def test_avx2_weight_layout() -> None:
+    # Block j, position (kh, kw, word), lane l holds output channel 4j + l; past C_out zeros.
+    if not K.numba_available():
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**63, size=(6, 3, 2, 2), dtype=np.uint64)
+    w = K.PackedConvWeights(bits, 100)
+    wb = w.blocked_avx2()
+    assert wb.shape == (2, 3, 2, 2, 4)
+    for o in range(8):
+        want = bits[o] if o < 6 else np.zeros((3, 2, 2), np.uint64)
+        assert np.array_equal(wb[o // 4, :, :, :, o % 4], want)
+    assert w.blocked_avx2() is wb  # built once
+
+
+@pytest.mark.parametrize("impl", PATHS)
+@pytest.mark.parametrize("words", [30, 31, 32, 33, 62, 63, 64])
+def test_popcount_sums_past_byte_range(impl: str, words: int) -> None:
+    # Every input bit differs from its weight bit (input -1, weights +1): each 64-bit word counts
+    # 64, 8 per byte. The avx2 kernel sums per-byte counts in 8-bit lanes and must widen them
+    # after 31 words (248); one word later a byte would wrap at 256 and the dot come out wrong.
+    # A 1x1 conv of 64 * words channels and a second output pixel with mixed signs.
+    c = 64 * words
+    x = -torch.ones(1, c, 1, 5)
+    x[0, ::3, 0, 4] = 1.0
+    w = torch.ones(12, c, 1, 1)
+    w[5, ::2] = -1.0
+    got = run(x, w, 1, 0, impl)
+    assert got[0, 0, 0, 0] == -c  # all taps disagree
+    assert np.array_equal(got, torch_dot(x, w, 1, 0))
+
+
+@pytest.mark.skipif("avx2" not in COMPILED, reason="numba not installed or CPU without AVX2")
+def test_avx2_portable_widening_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compiled for a target without AVX2 the kernel widens its byte counts with shifts and adds
+    # instead of vpsadbw (an x86 AVX2 intrinsic LLVM could not compile there). Force that branch
+    # in an uncached twin of the row function and check it against F.conv2d: 600 channels, 3x3,
+    # 90 words per output, so byte lanes are widened mid-row as well as at the end.
+    from numba import njit
+
+    from recu.deploy import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "target_has_avx2", lambda: False)
+    twin = njit(cache=False)(nk._conv_avx2_row.py_func)
+    c, o, h, w_ = 600, 12, 5, 9
+    x, w = torch.randn(2, c, h, w_), torch.randn(o, c, 3, 3)
+    weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), c)
+    a = P.pack_activations(x, "numpy")
+    out = np.zeros((2, h, w_, o), np.int32)
+    for r in range(2 * h):
+        twin(r, a.reshape(-1), weights.blocked_avx2().reshape(-1), h, w_, a.shape[3], 3, 3, c, o, 1, 1, 1, 1,
+             out, np.empty(0, np.float32), np.zeros((1, 1, 1, 1), np.float32), False)
+    assert np.array_equal(out, torch_dot(x, w, 1, 1))
+    asm = "\n".join(twin.inspect_asm().values())
+    assert "psadbw" not in asm  # the portable branch was the one compiled
+
+
+@pytest.mark.skipif("avx2" not in COMPILED, reason="numba not installed or CPU without AVX2")
+def test_avx2_kernel_emits_nibble_lookup_for_haswell(tmp_path: "os.PathLike[str]") -> None:
+    # numba reads its target CPU at import, so compile in a fresh process for Haswell (AVX2, no
+    # AVX-512). NUMBA_CPU_FEATURES must be set too (empty: the CPU's own features): with the name
+    # alone numba keeps the host's feature list, AVX-512 included.
+    code = (
+        "from recu.deploy import kernels as K\n"
+        "lines = K.avx2_kernel_asm().splitlines()\n"
+        "count = lambda *words: sum(all(w in l for w in words) for l in lines)\n"
+        "print(count('vpshufb', 'ymm'), count('vpsadbw', 'ymm'), count('zmm'), count('vpopcnt'))\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr
+    pshufb_ymm, psadbw_ymm, zmm, popcnt = (int(v) for v in res.stdout.split())
+    assert pshufb_ymm >= 2 and psadbw_ymm >= 1  # the nibble lookup and the widening, 256 bits wide
+    assert zmm == 0 and popcnt == 0  # nothing from AVX-512

@@ -1,4 +1,4 @@
-"""``recu export`` (checkpoint -> 1-bit deployment file) and ``recu bench`` (packed vs PyTorch)."""
+"""``recu export`` (checkpoint -> 1-bit deployment file) and ``recu bench`` (deployed model vs float PyTorch)."""
 
 from __future__ import annotations
 
@@ -23,24 +23,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--opset", type=int, help="onnx format: ai.onnx opset (default and lowest: 18)")
     e.set_defaults(func=_export)
 
-    b = sub.add_parser("bench", help="latency/throughput of the packed model vs PyTorch eager and torch.compile")
+    b = sub.add_parser("bench", help="latency and throughput of the deployed 1-bit model (the compiled plan) next to "
+                                     "float PyTorch baselines, eager and torch.compile, and the CPU's limit",
+                       description="Time the deployed model (by default the compiled plan: the whole network in "
+                                   "one numba call) against float32 PyTorch baselines with the same thread count: "
+                                   "the float twin (the same network with each binary layer as a float conv of "
+                                   "signs) and, for a registry model, its full-precision twin (e.g. resnet20_fp "
+                                   "for resnet20_1w1a), each eager and under torch.compile. Prints the CPU "
+                                   "(model, clock, avx2/avx512_vpopcntdq/amx_int8/bf16), the kernel path, the "
+                                   "model's binary and float MACs, and per batch the latency (ms), the "
+                                   "throughput (images/s), how many times faster the packed model is, and the "
+                                   "time its MACs take at the CPU's peak.")
     b.add_argument("target", help="a deployment file, or a model name from `recu models` (random weights, "
                                   "or the shipped trained ones with --pretrained)")
     b.add_argument("--pretrained", action="store_true",
                    help="TARGET is a model name: bench its shipped trained 1-bit file (recu.pretrained)")
-    b.add_argument("--threads", type=int, help="threads for both sides (default: torch's current count)")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    b.add_argument("--engine", choices=["auto", "plan", "layers"], default="auto",
+                   help="what to time: plan (the compiled whole-network call), layers (the per-layer PyTorch "
+                        "model) or auto (default: plan when the file has a network graph and --fuse-float is "
+                        "not given, else layers)")
+    b.add_argument("--threads", type=int, help="threads for every side (default: torch's current count)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     b.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-                   help="one sample's shape (default: 3 224 224 for ImageNet models, else 3 32 32)")
+                   help="one sample's shape (default: C 224 224 for ImageNet models, 1 8 8 for the digits_cnn "
+                        "and mlp quick-start models, else C 32 32; C the model's in_channels, usually 3)")
     b.add_argument("--num-classes", type=int, help="for a model name (default: the model's own, 1000 for ImageNet models, else 10)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default: 20)")
-    b.add_argument("--kernel", choices=["auto", "amx", "avx512", "portable", "numpy"],
-                   help="kernel path (default auto: amx where the CPU has it, except layers under 64 input "
-                        "channels, which take avx512; else avx512, else portable, else numpy)")
-    b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    b.add_argument("--kernel", choices=["auto", "amx", "avx512", "avx2", "portable", "numpy"],
+                   help="kernel path (default: RECU_DEPLOY_KERNEL, else auto: amx where the CPU has it, except "
+                        "layers under 64 input channels, which take avx512; else avx512, else avx2, else "
+                        "portable, else numpy)")
+    b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    b.add_argument("--no-fp-twin", action="store_true",
+                   help="skip the full-precision registry twin (e.g. resnet20_fp) as a baseline")
     b.add_argument("--fuse-float", action="store_true",
-                   help="fold BatchNorms into the full-precision convs too (faster; float rounding differs)")
-    b.add_argument("--top", type=int, default=0, help="show only the N slowest layers (default: all)")
+                   help="layers engine: fold BatchNorms into the full-precision convs too (faster; float rounding "
+                        "differs)")
+    b.add_argument("--per-layer", action="store_true",
+                   help="also time each layer of the layers engine against its float twin (first batch size)")
+    b.add_argument("--top", type=int, default=0,
+                   help="per-layer table: show only the N slowest layers (default: all; implies --per-layer)")
     b.set_defaults(func=_bench)
 
 
@@ -113,32 +135,57 @@ def _is_imagenet(name: str) -> bool:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..deploy import export, load
-    from ..deploy.bench import format_result, run_benchmark
+    from ..deploy import export
 
+    if args.fuse_float and args.engine == "plan":
+        raise ValueError("--fuse-float belongs to the layers engine; use --engine layers or auto")
     if args.pretrained:
         from ..pretrained import path as pretrained_path
 
-        packed = load(pretrained_path(args.target, "deploy"), impl=args.kernel, fuse_float=args.fuse_float)
-        name = args.target
-    elif os.path.isfile(args.target):
-        packed = load(args.target, impl=args.kernel, fuse_float=args.fuse_float)
-        spec = packed.metadata.get("model_spec") or {}
-        name = spec.get("name", "")
-    else:
-        from ..models import available, create
+        return _bench_file(args, pretrained_path(args.target, "deploy"))
+    if os.path.isfile(args.target):
+        return _bench_file(args, args.target)
+    from ..models import available, create
 
-        name = args.target
-        if name not in available():
-            raise ValueError(f"{name!r} is neither a file nor a model name; models: {', '.join(available())}")
-        model = create(name, num_classes=args.num_classes).eval()  # None: the model's own
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.recu"
-            export(model, path)
-            packed = load(path, impl=args.kernel, fuse_float=args.fuse_float)
-    shape = tuple(args.input_size) if args.input_size else ((3, 224, 224) if _is_imagenet(name) else (3, 32, 32))
-    res = run_benchmark(packed, shape, tuple(args.batch), threads=args.threads, repeat=args.repeat,
-                        use_compile=not args.no_compile)
+    name = args.target
+    if name not in available():
+        raise ValueError(f"{name!r} is neither a file nor a model name; models: {', '.join(available())}")
+    model = create(name, num_classes=args.num_classes).eval()  # None: the model's own
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.recu"
+        export(model, path)
+        return _bench_file(args, path)
+
+
+def _bench_input_shape(args: argparse.Namespace, spec: dict) -> tuple[int, int, int]:
+    """--input-size, else (C, 224, 224) for ImageNet models, the 8x8 digits for the tiny quick-start
+    models (an MLP of F inputs: 1 x 8 x 8 for 64, else 1 x 1 x F) and (C, 32, 32) otherwise, C from
+    the spec (default 3, 1 for the tiny models)."""
+    if args.input_size:
+        return tuple(args.input_size)  # type: ignore[return-value]
+    name, kwargs = str(spec.get("name", "")), spec.get("kwargs") or {}
+    if name.startswith("mlp"):
+        features = int(kwargs.get("in_features", 64))
+        return (1, 8, 8) if features == 64 else (1, 1, features)
+    if name.startswith("digits_cnn"):
+        return (int(kwargs.get("in_channels", 1)), 8, 8)
+    channels = int(kwargs.get("in_channels", 3))
+    size = 224 if _is_imagenet(name) else 32
+    return (channels, size, size)
+
+
+def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
+    from ..deploy import load
+    from ..deploy.bench import engine_of, format_result, fp_twin, run_benchmark
+
+    model = load(path, impl=args.kernel, fuse_float=args.fuse_float, engine=args.engine)
+    # The layers engine of the same file gives the float twin, the agreement check and the per-layer table.
+    layers = model if engine_of(model) == "layers" else load(path, impl=args.kernel, engine="layers")
+    spec = model.metadata.get("model_spec") or {}
+    twin = None if args.no_fp_twin else fp_twin(spec)
+    res = run_benchmark(model, _bench_input_shape(args, spec), tuple(args.batch), threads=args.threads,
+                        repeat=args.repeat, use_compile=not args.no_compile, per_layer=args.per_layer or args.top > 0,
+                        layers=layers, baselines=dict([twin]) if twin else None)
     print(f"recu bench {args.target}")
     print(format_result(res, top=args.top))
     return 0

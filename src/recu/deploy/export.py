@@ -5,7 +5,9 @@ as the 1-bit signs of its forward-pass weights, sign(W - mean_c W) (exactly the 
 ``sign(clamped_weight())``), plus four float32 vectors per output channel: its scale alpha, its
 bias and, where the graph shows the conv feeding a BatchNorm2d and nothing else, that BatchNorm as
 a scale and shift: ``y = fma(dot * alpha + bias, bn_scale, bn_shift)``, the eval forward's own
-float32 steps. Everything else is stored in float32 under its state_dict key.
+float32 steps. Everything else is stored in float32 under its state_dict key. When the network can
+be written in the ops of :mod:`recu.deploy.graph`, the metadata also holds it as that graph
+(``meta["graph"]``), which a runtime can execute without PyTorch.
 """
 
 from __future__ import annotations
@@ -23,14 +25,11 @@ from torch import Tensor, nn
 
 from .. import functional as RF
 from ..nn import BinaryLayer, ReCUConv2d, ReCULinear
+from .fileio import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY  # re-exported (they lived here)
 from .fold import find_conv_bn_pairs
 from .pack import packbits_bytes
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "export", "packable_reason", "conv_padding"]
-
-FORMAT_NAME = "recu-deploy"
-FORMAT_VERSION = 1
-METADATA_KEY = "recu_deploy"
 
 
 def conv_padding(layer: nn.Conv2d) -> Optional[tuple[int, int]]:
@@ -88,16 +87,26 @@ def _epilogue(layer: BinaryLayer, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
     s = layer.output_scale(layer.clamped_weight())
     alpha = torch.ones(o) if s is None else s.detach().reshape(o).float().cpu()
     bias = torch.zeros(o) if layer.bias is None else layer.bias.detach().float().cpu()
-    if bn is None:
-        a, b = torch.ones(o), torch.zeros(o)
-    else:
-        gamma = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones(o)
-        beta = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros(o)
-        mean, var = bn.running_mean.float().cpu(), bn.running_var.float().cpu()
-        a = gamma * torch.rsqrt(var + bn.eps)
-        # float32 fma(-mean, a, beta): the float64 product is exact, one rounding to float64, one to float32.
-        b = (beta.double() - mean.double() * a.double()).float()
+    a, b = (torch.ones(o), torch.zeros(o)) if bn is None else bn_scale_shift(bn)
     return _Epilogue(*(t.contiguous().numpy() for t in (alpha, bias, a, b)))
+
+
+@torch.no_grad()
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """An eval BatchNorm (1d or 2d, running statistics) as float32 ``(a, b)``, ``y = fma(x, a, b)``.
+
+    ``a = gamma * rsqrt(var + eps)`` and ``b = fma(-mean, a, beta)``: the values PyTorch's CPU
+    BatchNorm kernel computes (see :func:`_epilogue`). Used for folded BatchNorms and the graph's
+    ``batch_norm`` nodes alike.
+    """
+    o = bn.num_features
+    gamma = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones(o)
+    beta = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros(o)
+    mean, var = bn.running_mean.float().cpu(), bn.running_var.float().cpu()
+    a = gamma * torch.rsqrt(var + bn.eps)
+    # float32 fma(-mean, a, beta): the float64 product is exact, one rounding to float64, one to float32.
+    b = (beta.double() - mean.double() * a.double()).float()
+    return a.contiguous(), b.contiguous()
 
 
 def _json_safe(obj: Any) -> Any:
@@ -197,6 +206,10 @@ def export(
             t = value.detach().cpu()
             tensors[f"float.{key}"] = (t.float() if t.is_floating_point() else t).contiguous().clone()
             float_keys.append(key)
+        from .graph import extract_graph  # imported here: graph.py imports this module
+
+        graph, graph_tensors, graph_unsupported = extract_graph(model, set(packed), {b: c for c, b in pairs.items()})
+        tensors.update(graph_tensors)
     finally:
         model.train(was_training)
 
@@ -212,6 +225,8 @@ def export(
         "float_layers": {n: r for n, r in unpacked.items()},
         "float_keys": float_keys,
         "bit_order": "little",
+        "graph": graph,  # the whole network as simple ops, or None (docs/file-format.md, "The graph")
+        "graph_unsupported": graph_unsupported,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})

@@ -12,9 +12,10 @@ never +1 or -1. This equals ``F.conv2d(sign(A), sign(W), padding=p)`` exactly, i
 Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL``):
 
 - ``auto`` (default): ``amx`` when numba is installed, the CPU has AMX-INT8 and Linux grants the
-  process the tile state; else ``avx512`` when the CPU has AVX-512 VPOPCNTDQ; else ``portable``
-  when numba is installed; else ``numpy``. Per layer (:func:`layer_kernel`), ``auto`` keeps layers
-  with fewer than 64 input channels on ``avx512``, which is faster there.
+  process the tile state; else ``avx512`` when the CPU has AVX-512 VPOPCNTDQ; else ``avx2`` when it
+  has AVX2; else ``portable`` when numba is installed; else ``numpy``. Per layer
+  (:func:`layer_kernel`), ``auto`` keeps layers with fewer than 64 input channels on ``avx512``,
+  which is faster there.
 - ``amx``: the signs as int8 +-1 on Intel AMX tiles (:mod:`recu.deploy._amx_kernels`): 16,384
   multiply-accumulates per ``tdpbssd``, three times the popcount kernel's ceiling on this kind of
   core. The padding is materialised as int8 zeros, which add 0 exactly as in training. The file
@@ -25,6 +26,11 @@ Kernel paths (argument ``impl`` or the environment variable ``RECU_DEPLOY_KERNEL
   :func:`fast_kernel_asm_has_vpopcntq`). It is correct on any
   CPU (LLVM lowers ``ctpop`` to what the CPU has), but selecting it explicitly on a CPU without
   VPOPCNTDQ is refused so a benchmark never silently measures the wrong thing.
+- ``avx2``: the same kernel structure in 256-bit registers (4 output pixels x 8 output channels),
+  popcount by nibble lookup (``vpshufb``) and one ``vpsadbw`` per 31 words (checked by
+  :func:`avx2_kernel_asm`), for x86 CPUs with AVX2 and without AVX-512. Refused on a CPU without
+  AVX2. Compiled for an AVX2 target on any machine with ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=``
+  (both: the CPU name alone keeps the host's features, AVX-512 included).
 - ``portable``: compiled, one output channel at a time, popcount by shifts and masks.
 - ``numpy``: :func:`binary_conv2d_numpy`, the reference (no numba needed; slow).
 
@@ -37,12 +43,14 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
-import torch
 
 from .pack import num_words
+
+if TYPE_CHECKING:  # torch only where a function takes a tensor: the runtime imports without it
+    import torch
 
 __all__ = [
     "KERNELS",
@@ -51,6 +59,7 @@ __all__ = [
     "layer_kernel",
     "AMX_MIN_CHANNELS",
     "has_vpopcntdq",
+    "has_avx2",
     "has_amx",
     "numba_available",
     "output_size",
@@ -62,11 +71,12 @@ __all__ = [
     "epilogue_numpy",
     "fast_kernel_asm",
     "amx_kernel_asm",
+    "avx2_kernel_asm",
     "fast_kernel_asm_has_vpopcntq",
     "set_num_threads",
 ]
 
-KERNELS = ("auto", "amx", "avx512", "portable", "numpy")
+KERNELS = ("auto", "amx", "avx512", "avx2", "portable", "numpy")
 ENV_VAR = "RECU_DEPLOY_KERNEL"
 
 IntPair = Union[int, Sequence[int]]
@@ -96,6 +106,19 @@ def has_vpopcntdq() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def has_avx2() -> bool:
+    """True when LLVM (through numba's llvmlite) reports AVX2 on this CPU."""
+    if not numba_available():
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx2", False))
+    except RuntimeError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
 def has_amx() -> bool:
     """True when the CPU has AMX-INT8 (as LLVM reports it) and Linux grants this process the tile state.
 
@@ -117,9 +140,11 @@ def has_amx() -> bool:
 
 
 def resolve_kernel(impl: Optional[str] = None) -> str:
-    """The concrete kernel path (``amx``, ``avx512``, ``portable`` or ``numpy``) for ``impl``.
+    """The concrete kernel path (``amx``, ``avx512``, ``avx2``, ``portable`` or ``numpy``) for ``impl``.
 
-    ``impl`` None reads ``RECU_DEPLOY_KERNEL`` (default ``auto``).
+    ``impl`` None reads ``RECU_DEPLOY_KERNEL`` (default ``auto``: amx > avx512 > avx2 > portable >
+    numpy, the first this machine runs). The CPU checks are on the host CPU, whatever target
+    ``NUMBA_CPU_NAME`` makes numba compile for.
     """
     choice = (impl if impl is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
     if choice not in KERNELS:
@@ -130,11 +155,15 @@ def resolve_kernel(impl: Optional[str] = None) -> str:
             return "numpy"
         if has_amx():
             return "amx"
-        return "avx512" if has_vpopcntdq() else "portable"
-    if choice in ("amx", "avx512", "portable") and not numba_available():
+        if has_vpopcntdq():
+            return "avx512"
+        return "avx2" if has_avx2() else "portable"
+    if choice in ("amx", "avx512", "avx2", "portable") and not numba_available():
         raise RuntimeError(f"kernel {choice!r} needs numba; install recu-bnn[deploy] or use 'numpy'")
     if choice == "avx512" and not has_vpopcntdq():
         raise RuntimeError("kernel 'avx512' needs a CPU with AVX-512 VPOPCNTDQ; use 'portable' or 'auto'")
+    if choice == "avx2" and not has_avx2():
+        raise RuntimeError("kernel 'avx2' needs a CPU with AVX2; use 'portable' or 'auto'")
     if choice == "amx" and not has_amx():
         raise RuntimeError("kernel 'amx' needs a CPU with AMX-INT8 and a Linux kernel that grants the tile "
                            "state (5.16 or later); use 'avx512', 'portable' or 'auto'")
@@ -191,6 +220,7 @@ class PackedConvWeights:
     bits: np.ndarray
     in_channels: int
     _blocked: Optional[np.ndarray] = field(default=None, repr=False)
+    _blocked_avx2: Optional[np.ndarray] = field(default=None, repr=False)
     _amx: Optional[np.ndarray] = field(default=None, repr=False)
     _amx_prepared: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -217,6 +247,14 @@ class PackedConvWeights:
 
             self._blocked = block_weights(self.bits)
         return self._blocked
+
+    def blocked_avx2(self) -> np.ndarray:
+        """The layout of the ``avx2`` kernel (4 output channels per 256-bit vector), built once."""
+        if self._blocked_avx2 is None:
+            from ._numba_kernels import block_weights_avx2
+
+            self._blocked_avx2 = block_weights_avx2(self.bits)
+        return self._blocked_avx2
 
     def amx_tiles(self) -> np.ndarray:
         """The B tiles of the ``amx`` kernel (int8, or 1 bit per weight for large layers; 64-byte aligned), built once."""
@@ -376,6 +414,11 @@ def binary_conv2d(
         fn = nk.conv_fast if parallel else nk.conv_fast_serial
         nk.launch(fn, a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
                   weights.out_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
+    elif kind == "avx2":
+        wb = weights.blocked_avx2()
+        fn = nk.conv_avx2 if parallel else nk.conv_avx2_serial
+        nk.launch(fn, a.reshape(-1), wb.reshape(-1), h, w, a.shape[3], kh_, kw_, weights.in_channels,
+                  weights.out_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
     else:
         fn = nk.conv_portable if parallel else nk.conv_portable_serial
         nk.launch(fn, a, weights.bits, weights.in_channels, sh, sw, ph, pw, out_i, epi, out_f, affine)
@@ -394,6 +437,9 @@ def _compiled():  # type: ignore[no-untyped-def]
     """The compiled-kernel modules, imported once (an import statement per call cost ~1 us each)."""
     from . import _amx_kernels as ak
     from . import _numba_kernels as nk
+    from ._plan_kernels import ensure_fresh_cache
+
+    ensure_fresh_cache()
 
     return ak, nk
 
@@ -467,6 +513,8 @@ def binary_conv2d_float(
     if affine:
         _check_epilogue(epilogue, c_out)
     out = _output_array(out, shape, affine)
+    import torch  # the input is a tensor, so torch is already imported: a dict lookup
+
     # NumPy views cost a fraction of torch ops, and a ~0.1 ms layer notices.
     nhwc = (x.detach() if x.requires_grad else x).numpy().transpose(0, 2, 3, 1) if x.dtype == torch.float32 else None
     if nhwc is None or not nhwc.flags.c_contiguous:
@@ -523,6 +571,25 @@ def amx_kernel_asm() -> str:
     toff, abase, astride, pix, nbytes = ak.plan(1, 1, 1, 1, 1, 1, 1, 1, 0, 0)
     twin(0, 1, ak.aligned_empty(nbytes), w.amx_tiles(), toff, abase, astride, pix, 16,
          np.zeros((1, 16), np.int32), np.empty(0, np.float32), np.zeros((1, 1), np.float32), False, ak.TILE_CONFIG)
+    return "\n".join(twin.inspect_asm().values())
+
+
+def avx2_kernel_asm() -> str:
+    """Assembly of the ``avx2`` kernel's row function as numba compiles it here (uncached twin, a few seconds).
+
+    numba compiles for the host CPU unless ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` name
+    another target; for an AVX2 target (``haswell`` with empty features) it holds the nibble
+    lookup, ``vpshufb`` on ymm registers, and ``vpsadbw``. On a CPU with AVX-512 BITALG, LLVM uses
+    ``vpopcntb`` for the byte counts instead.
+    """
+    from numba import njit
+
+    from . import _numba_kernels as nk
+
+    twin = njit(cache=False)(nk._conv_avx2_row.py_func)  # the row function holds the whole loop nest
+    w = PackedConvWeights(np.zeros((8, 1, 1, 1), dtype=np.uint64), 64)
+    twin(0, np.zeros(1, np.uint64), w.blocked_avx2().reshape(-1), 1, 1, 1, 1, 1, 64, 8, 1, 1, 0, 0,
+         np.zeros((1, 1, 1, 8), np.int32), np.empty(0, np.float32), np.zeros((1, 1, 1, 1), np.float32), False)
     return "\n".join(twin.inspect_asm().values())
 
 

@@ -17,10 +17,13 @@ This module holds the NumPy reference path; the compiled packers live in
 
 from __future__ import annotations
 
-from typing import Optional
+import sys
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch only where a function takes a tensor: the runtime imports without it
+    from torch import Tensor
 
 __all__ = [
     "WORD_BITS",
@@ -44,7 +47,8 @@ def num_words(channels: int) -> int:
 
 
 def _to_numpy(x: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(x, Tensor):
+    torch = sys.modules.get("torch")  # without torch imported, x cannot be a tensor
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 

@@ -16,7 +16,6 @@ the caller.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Optional, Union
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .export import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
+from .fileio import read_metadata  # re-exported: it lived here before recu.deploy.fileio
 from .kernels import (
     PackedConvWeights,
     binary_conv2d_float,
@@ -35,7 +34,7 @@ from .kernels import (
 )
 from .pack import unpackbits_bytes
 
-__all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load", "read_metadata", "build_model"]
+__all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load_layers", "load", "read_metadata", "build_model"]
 
 
 class PackedConv2d(nn.Module):
@@ -137,33 +136,6 @@ class PackedModel(nn.Module):
             return self.model(x.float().contiguous(memory_format=torch.channels_last))
 
 
-def read_metadata(path: Union[str, os.PathLike]) -> dict:
-    """The JSON metadata of a deployment file, validated (format name and version)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path} is not a recu deployment file (not safetensors): {type(e).__name__}: {first}") from None
-    if raw is None:
-        raise ValueError(f"{path} is not a recu deployment file (no {METADATA_KEY!r} metadata)")
-    try:
-        meta = json.loads(raw)
-    except ValueError as e:
-        raise ValueError(f"{path} is not a recu deployment file (its {METADATA_KEY!r} metadata is not JSON: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: format {found!r} is not {FORMAT_NAME!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {meta.get('version')} is not supported (this recu reads "
-                         f"version {FORMAT_VERSION})")
-    return meta
-
-
 def build_model(spec: dict) -> nn.Module:
     """A fresh model from a ``recu_spec`` dict via ``recu.models.create``."""
     if not isinstance(spec, dict) or "name" not in spec:
@@ -216,15 +188,17 @@ def _fuse_float_conv_bn(net: nn.Module) -> int:
     return len(pairs)
 
 
-def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None,
-         num_threads: Optional[int] = None, fuse_float: bool = False) -> PackedModel:
-    """Load a deployment file as a packed CPU inference model.
+def load_layers(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None,
+                num_threads: Optional[int] = None, fuse_float: bool = False) -> PackedModel:
+    """Load a deployment file as a packed CPU inference model (PyTorch, one packed layer at a time).
+
+    ``recu.deploy.load(path, engine="layers")`` calls this; :func:`recu.deploy.loader.load` chooses the engine.
 
     Args:
         path: a file written by :func:`recu.deploy.export`.
         model: the model skeleton (architecture only; its weights are replaced) for models
             without a ``recu.models`` spec. It is copied, not modified.
-        impl: kernel path (``auto``, ``amx``, ``avx512``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
+        impl: kernel path (``auto``, ``amx``, ``avx512``, ``avx2``, ``portable``, ``numpy``); None reads ``RECU_DEPLOY_KERNEL``.
         num_threads: kernel threads; None follows ``torch.get_num_threads()`` at each call.
         fuse_float: also fold BatchNorms into the full-precision convs that feed them (the stem,
             downsample convs). Faster (15% at batch 8 on ResNet-18 ImageNet), but the float results
@@ -273,3 +247,6 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, im
     if fuse_float:
         _fuse_float_conv_bn(net)
     return PackedModel(net, meta, num_threads)
+
+
+load = load_layers  # the name before recu.deploy.loader chose between engines

@@ -1,0 +1,983 @@
+"""Compiled (numba) full-precision kernels of the compiled plan. Internal: the plan calls them.
+
+These are the float layers between the binary convolutions (stem conv, 1x1 downsample convs,
+BatchNorm, hardtanh / ReLU / PReLU, residual adds, pooling, classifier), written to be called from
+inside another numba function: every kernel takes only arrays and scalars, writes into the
+caller's ``out`` and allocates nothing but a small accumulator row where it needs one.
+
+Layout: every activation is a C-contiguous float32 NHWC array ``(N, H, W, C)``; a ``(N, C)``
+tensor is ``(N, 1, 1, C)``. Each kernel comes twice with the same signature: ``name`` (numba
+``parallel=True``, output rows split across threads) and ``name_serial`` (the calling thread). Both
+call one row function, so they give the same bits.
+
+Exactness (each pinned by ``tests/deploy/test_float_kernels.py``):
+
+- :func:`affine_act` is PyTorch's CPU eval BatchNorm bit for bit: it computes ``fma(x, a, b)`` in
+  float32 with ``a`` and ``b`` as :func:`recu.deploy.export._epilogue` builds them.
+- :func:`avg_pool2d_nhwc` is ``F.avg_pool2d`` bit for bit: PyTorch's CPU kernels (NCHW and
+  channels_last alike) sum the taps row-major in float32 from 0.0 and divide once by the count.
+- Max pooling, the activations, adds and biases are exact; NaN propagates and -0.0 is kept as
+  PyTorch does (``relu(-0.0) = -0.0``, ``hardtanh(-0.0) = -0.0``).
+- :func:`conv2d_nhwc` is PyTorch's float32 convolution bit for bit on this PyTorch and CPU family:
+  each output is one float32 fma chain over (kernel row, kernel column, input channel) from 0, the
+  order oneDNN's AVX-512 kernels use (measured for the stems 3->16 3x3, 3->64 7x7/2, 3->128 3x3 and
+  1x1 convs of 16-256 channels). That matters: a stem output that rounds to the other side of 0
+  flips an input sign of the first binary layer.
+- Linear and global average pooling accumulate in float64 and round once to float32 (within an ulp
+  of the exact result; they come after the last binary layer, so no sign depends on them).
+
+Speed: the innermost loops run over contiguous channels with plain range indices (numba's
+negative-index wrap-around is then provably dead and LLVM vectorises them), and no kernel uses
+``fastmath``: float sums keep their written order. The convolution's and the linear layer's
+inner loops are LLVM vector IR (:func:`_make_conv_block`, :func:`_make_dot_lanes`) so that their
+accumulators stay in registers. :func:`conv2d_nhwc` and :func:`linear_nhwc` view their
+arrays flat, so they take C-contiguous arrays only (numba type layout ``"C"``).
+
+Activations: ``act`` 0 none, 1 clamp to ``[lo, hi]`` (hardtanh), 2 ReLU. All three are the same
+branch-free clamp (none = [-inf, inf], ReLU = [0, inf]): ``v < lo -> lo``, ``v > hi -> hi``, which
+leaves NaN and -0.0 alone exactly as PyTorch's clamp does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ._numba_kernels import _jit, _prefer_512_bit, fma32
+
+__all__ = [
+    "ACT_NONE",
+    "ACT_CLAMP",
+    "ACT_RELU",
+    "conv2d_nhwc",
+    "conv2d_nhwc_serial",
+    "affine_act",
+    "affine_act_serial",
+    "add_act",
+    "add_act_serial",
+    "bias_act",
+    "bias_act_serial",
+    "act_only",
+    "act_only_serial",
+    "prelu",
+    "prelu_serial",
+    "avg_pool2d_nhwc",
+    "avg_pool2d_nhwc_serial",
+    "max_pool2d_nhwc",
+    "max_pool2d_nhwc_serial",
+    "global_avg_pool_nhwc",
+    "global_avg_pool_nhwc_serial",
+    "pad_channels_nhwc",
+    "pad_channels_nhwc_serial",
+    "flatten_nchw",
+    "flatten_nchw_serial",
+    "linear_nhwc",
+    "linear_nhwc_serial",
+    "nchw_to_nhwc",
+    "nchw_to_nhwc_serial",
+]
+
+ACT_NONE = 0
+ACT_CLAMP = 1  # hardtanh(lo, hi)
+ACT_RELU = 2
+
+# Output features per parallel work item of :func:`linear_nhwc`: a batch-1 classifier has one
+# output row, so its rows are split into blocks of features to give the threads work.
+LINEAR_BLOCK = 64
+
+
+@intrinsic
+def fma64(typingctx, x, y, z):  # type: ignore[no-untyped-def]
+    """float64 fused multiply-add ``x * y + z`` (``llvm.fma.f64``, vectorisable).
+
+    With ``x`` and ``y`` float32 values widened to float64 their product (48 significant bits) is
+    exact, so this equals ``z + x * y`` bit for bit: one instruction instead of two, same sum.
+    """
+    if not (x == y == z == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fma(*args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+_F32_FLAT = types.Array(types.float32, 1, "C")
+
+
+def _splat(builder, value, ty):  # type: ignore[no-untyped-def]
+    """The scalar ``value`` in every lane of the vector type ``ty``."""
+    from llvmlite import ir
+
+    undef = ir.Constant(ty, ir.Undefined)
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [0] * ty.count)
+    return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+
+
+def _make_conv_block(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``conv_block(x, xoff, xstep, xrow, w, woff, wrow, rows, taps, wtap, out, dst, ostride, bias, o0)``.
+
+    For ``pixels`` output pixels p and ``blocks`` blocks b of 8 output channels, all on flat
+    float32 arrays::
+
+        acc[p, b, lane] = fma(x[xoff + k * xrow + p * xstep + t], w[woff + k * wrow + t * wtap + 8b + lane], acc)
+            for k < rows, t < taps (in this order, float32 fma, from 0)
+        out[dst + p * ostride + 8b + lane] = acc[p, b, lane] + bias[o0 + 8b + lane]
+
+    In :func:`_conv2d_row` k runs over the kernel rows inside the input and t over the contiguous
+    (kw, c) taps of one kernel row, which are contiguous in NHWC x and in (KH, KW, C, O) w alike.
+    Written as LLVM vector IR so that the ``pixels * blocks`` <8 x float> accumulators stay in
+    registers for the whole loop nest: each weight vector is loaded once for all pixels and each
+    input value broadcast once for all blocks. numba's lowering of the same loops (:func:`_conv2d_pixel`)
+    keeps its accumulators in memory, at a third of the speed. The fma chain is the same, so both
+    give the same bits - and the same bits as PyTorch's oneDNN convolution, which (measured on
+    this PyTorch, AVX-512: stems 3->16 3x3, 3->64 7x7/2, 1x1 convs of 16-256 channels) accumulates
+    each output as one float32 fma chain over (kernel row, kernel column, input channel).
+    """
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    count = pixels * blocks
+    i = types.int64
+
+    @intrinsic
+    def conv_block(typingctx, x, xoff, xstep, xrow, w, woff, wrow, rows, taps, wtap,  # type: ignore[no-untyped-def]
+                   out, dst, ostride, bias, o0):
+        ints = (xoff, xstep, xrow, woff, wrow, rows, taps, wtap, dst, ostride, o0)
+        if not (x == w == out == bias == _F32_FLAT and all(isinstance(v, types.Integer) for v in ints)):
+            return None
+        return types.void(x, i, i, i, w, i, i, i, i, i, out, i, i, bias, i), codegen
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        _prefer_512_bit(builder.function)
+        x_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[4])(context, builder, args[4])
+        o_arr = context.make_array(signature.args[10])(context, builder, args[10])
+        b_arr = context.make_array(signature.args[13])(context, builder, args[13])
+        xoff, xstep, xrow = args[1], args[2], args[3]
+        woff, wrow, rows, taps, wtap = args[5], args[6], args[7], args[8], args[9]
+        dst, ostride, o0 = args[11], args[12], args[14]
+        i64 = ir.IntType(64)
+        v8f = ir.VectorType(ir.FloatType(), 8)
+        v8d = v8f  # the accumulators: float32, as PyTorch's fma chain
+        zero = ir.Constant(i64, 0)
+        one = ir.Constant(i64, 1)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8d, [v8d] * 3), "llvm.fma.v8f32")
+        init = [ir.Constant(v8d, [0.0] * 8) for _ in range(count)]
+        entry = builder.block
+        row_head = builder.append_basic_block("fconv.row")
+        loop = builder.append_basic_block("fconv.loop")
+        row_end = builder.append_basic_block("fconv.rowend")
+        done = builder.append_basic_block("fconv.done")
+        go = builder.and_(builder.icmp_signed(">", taps, zero), builder.icmp_signed(">", rows, zero))
+        builder.cbranch(go, row_head, done)
+
+        # Outer loop over kernel rows, inner loop over the contiguous taps of a row.
+        builder.position_at_end(row_head)
+        k = builder.phi(i64)
+        racc = [builder.phi(v8d) for _ in range(count)]
+        x_row = builder.gep(x_arr.data, [builder.add(xoff, builder.mul(k, xrow))])
+        x_px = [builder.gep(x_row, [builder.mul(xstep, ir.Constant(i64, p))]) for p in range(pixels)]
+        w_row = builder.gep(w_arr.data, [builder.add(woff, builder.mul(k, wrow))])
+        builder.branch(loop)
+
+        builder.position_at_end(loop)
+        t = builder.phi(i64)
+        accs = [builder.phi(v8d) for _ in range(count)]
+        w_tap = builder.gep(w_row, [builder.mul(t, wtap)])
+        wvs = [builder.load(builder.bitcast(builder.gep(w_tap, [ir.Constant(i64, 8 * b)]), v8f.as_pointer()),
+                            align=4)
+               for b in range(blocks)]
+        new_accs = [None] * count
+        for p in range(pixels):
+            xs = _splat(builder, builder.load(builder.gep(x_px[p], [t])), v8d)
+            for b in range(blocks):
+                q = p * blocks + b
+                new_accs[q] = builder.call(fma, [xs, wvs[b], accs[q]])
+        t_next = builder.add(t, one)
+        builder.cbranch(builder.icmp_signed("<", t_next, taps), loop, row_end)
+        t.add_incoming(zero, row_head)
+        t.add_incoming(t_next, loop)
+        for q in range(count):
+            accs[q].add_incoming(racc[q], row_head)
+            accs[q].add_incoming(new_accs[q], loop)
+
+        builder.position_at_end(row_end)
+        k_next = builder.add(k, one)
+        builder.cbranch(builder.icmp_signed("<", k_next, rows), row_head, done)
+        k.add_incoming(zero, entry)
+        k.add_incoming(k_next, row_end)
+        for q in range(count):
+            racc[q].add_incoming(init[q], entry)
+            racc[q].add_incoming(new_accs[q], row_end)
+
+        builder.position_at_end(done)
+        results = [builder.phi(v8d) for _ in range(count)]  # LLVM wants all phis first
+        for q in range(count):
+            results[q].add_incoming(init[q], entry)
+            results[q].add_incoming(new_accs[q], row_end)
+        for b in range(blocks):
+            at = builder.add(o0, ir.Constant(i64, 8 * b))
+            bias_v = builder.load(builder.bitcast(builder.gep(b_arr.data, [at]), v8f.as_pointer()), align=4)
+            for p in range(pixels):
+                y = builder.fadd(results[p * blocks + b], bias_v)
+                at_out = builder.add(dst, builder.add(builder.mul(ostride, ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
+                builder.store(y, builder.bitcast(builder.gep(o_arr.data, [at_out]), v8f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return conv_block
+
+
+def _make_dot_lanes(outputs: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``dot_lanes(x, xoff, w, woff, wstride, n8)`` -> ``outputs * 8`` float64 partial sums.
+
+    Element ``8j + k`` is ``sum_{i < n8, i = k mod 8} x[xoff + i] * w[woff + j * wstride + i]`` in
+    float64 (i ascending): the 8 lane sums of the dot products of ``outputs`` weight rows with one
+    input row, as :func:`_linear_block` combines them. ``outputs`` accumulators of <8 x double>
+    are independent fma chains, so the loop runs at throughput, not at fma latency.
+    """
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    result = types.UniTuple(types.float64, 8 * outputs)
+    i = types.int64
+
+    @intrinsic
+    def dot_lanes(typingctx, x, xoff, w, woff, wstride, n8):  # type: ignore[no-untyped-def]
+        if not (x == w == _F32_FLAT and all(isinstance(v, types.Integer) for v in (xoff, woff, wstride, n8))):
+            return None
+        return result(x, i, w, i, i, i), codegen
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        _prefer_512_bit(builder.function)
+        x_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        xoff, woff, wstride, n8 = args[1], args[3], args[4], args[5]
+        i64 = ir.IntType(64)
+        v8f = ir.VectorType(ir.FloatType(), 8)
+        v8d = ir.VectorType(ir.DoubleType(), 8)
+        zero = ir.Constant(i64, 0)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8d, [v8d] * 3), "llvm.fma.v8f64")
+        init = ir.Constant(v8d, [0.0] * 8)
+        x_base = builder.gep(x_arr.data, [xoff])
+        w_rows = [builder.gep(w_arr.data, [builder.add(woff, builder.mul(wstride, ir.Constant(i64, j)))])
+                  for j in range(outputs)]
+        entry = builder.block
+        loop = builder.append_basic_block("dot.loop")
+        done = builder.append_basic_block("dot.done")
+        builder.cbranch(builder.icmp_signed(">", n8, zero), loop, done)
+
+        builder.position_at_end(loop)
+        t = builder.phi(i64)
+        accs = [builder.phi(v8d) for _ in range(outputs)]
+
+        def widened(base):  # type: ignore[no-untyped-def]
+            return builder.fpext(builder.load(builder.bitcast(builder.gep(base, [t]), v8f.as_pointer()), align=4), v8d)
+
+        xv = widened(x_base)
+        new_accs = [builder.call(fma, [xv, widened(w_rows[j]), accs[j]]) for j in range(outputs)]
+        t_next = builder.add(t, ir.Constant(i64, 8))
+        builder.cbranch(builder.icmp_signed("<", t_next, n8), loop, done)
+        t.add_incoming(zero, entry)
+        t.add_incoming(t_next, loop)
+        for j in range(outputs):
+            accs[j].add_incoming(init, entry)
+            accs[j].add_incoming(new_accs[j], loop)
+
+        builder.position_at_end(done)
+        results = [builder.phi(v8d) for _ in range(outputs)]
+        for j in range(outputs):
+            results[j].add_incoming(init, entry)
+            results[j].add_incoming(new_accs[j], loop)
+        lanes = [builder.extract_element(results[j], ir.Constant(ir.IntType(32), k))
+                 for j in range(outputs) for k in range(8)]
+        return context.make_tuple(builder, signature.return_type, lanes)
+
+    return dot_lanes
+
+
+# Register blocks: 4 output pixels x 32 (or 16) output channels = 16 (8) zmm accumulators, and
+# one pixel (those near the left and right padding, and the last of a row) x 32 (16) channels.
+CONV_PIXELS = 4
+_conv_block_4x4 = _make_conv_block(CONV_PIXELS, 4)
+_conv_block_4x2 = _make_conv_block(CONV_PIXELS, 2)
+_conv_block_1x4 = _make_conv_block(1, 4)
+_conv_block_1x2 = _make_conv_block(1, 2)
+LINEAR_ROWS = 4
+_dot_lanes_4 = _make_dot_lanes(LINEAR_ROWS)
+_dot_lanes_1 = _make_dot_lanes(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+@_jit(inline="always")
+def _clamp(v, lo, hi):  # type: ignore[no-untyped-def]
+    """``v`` clamped to ``[lo, hi]`` as PyTorch's clamp: NaN and -0.0 pass through unchanged."""
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+@_jit(inline="always")
+def _act_bounds(act, lo, hi):  # type: ignore[no-untyped-def]
+    """float32 ``(lo, hi)`` that make :func:`_clamp` the activation ``act`` (0 none, 1 clamp, 2 ReLU).
+
+    The bounds are rounded to float32 first, as PyTorch converts hardtanh's bounds to the tensor's dtype.
+    """
+    if act == ACT_CLAMP:
+        return np.float32(lo), np.float32(hi)
+    if act == ACT_RELU:
+        return np.float32(0.0), np.float32(np.inf)
+    if act == ACT_NONE:
+        return np.float32(-np.inf), np.float32(np.inf)
+    raise ValueError("activation code must be 0 (none), 1 (hardtanh) or 2 (relu)")
+
+
+@_jit(inline="always")
+def _check_same_shape(x, out):  # type: ignore[no-untyped-def]
+    if x.shape != out.shape:
+        raise ValueError("elementwise kernel: out must have the input's shape")
+
+
+@_jit(inline="always")
+def _check_channels(x, vec):  # type: ignore[no-untyped-def]
+    if vec.shape[0] != x.shape[3]:
+        raise ValueError("per-channel vector length must equal the number of channels")
+
+
+@_jit(inline="always")
+def _check_pool(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError("pooling: kernel and stride must be >= 1 and padding >= 0")
+    if out.shape[0] != x.shape[0] or out.shape[3] != x.shape[3]:
+        raise ValueError("pooling: out must have the input's batch size and channels")
+    if out.shape[1] != (x.shape[1] + 2 * ph - kh) // sh + 1 or out.shape[2] != (x.shape[2] + 2 * pw - kw) // sw + 1:
+        raise ValueError("pooling: out has the wrong spatial size for this kernel, stride and padding")
+    return out.shape[0] * out.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d
+
+
+@_jit(inline="always")
+def _check_conv2d(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError("conv2d_nhwc: stride must be >= 1 and padding >= 0")
+    if w.shape[2] != x.shape[3]:
+        raise ValueError("conv2d_nhwc: weight (KH, KW, C, O) does not match the input channels")
+    if bias.shape[0] != w.shape[3] or out.shape[3] != w.shape[3] or out.shape[0] != x.shape[0]:
+        raise ValueError("conv2d_nhwc: bias and out must have O channels and out the input's batch size")
+    if (out.shape[1] != (x.shape[1] + 2 * ph - w.shape[0]) // sh + 1
+            or out.shape[2] != (x.shape[2] + 2 * pw - w.shape[1]) // sw + 1):
+        raise ValueError("conv2d_nhwc: out has the wrong spatial size for this kernel, stride and padding")
+    return out.shape[0] * out.shape[1]
+
+
+@_jit(inline="always")
+def _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o_lo, o_hi, acc, out):  # type: ignore[no-untyped-def]
+    """Output channels ``[o_lo, o_hi)`` of output pixel (n, oh, ow), for any padding.
+
+    A float32 accumulator over those channels (one fma chain per output, PyTorch's); every tap
+    broadcasts one input value against a contiguous run of weights, so the inner loop is vector fma. Taps in the zero padding are
+    skipped (they add exactly 0). The same tap order as :func:`_make_conv_block`.
+    """
+    h_, w_ = x.shape[1], x.shape[2]
+    kh_, kw_, c_ = w.shape[0], w.shape[1], w.shape[2]
+    ih0 = oh * sh - ph
+    iw0 = ow * sw - pw
+    kh0 = max(0, -ih0)
+    kh1 = min(kh_, h_ - ih0)
+    kw0 = max(0, -iw0)
+    kw1 = min(kw_, w_ - iw0)
+    for o in range(o_lo, o_hi):
+        acc[o] = 0.0
+    for kh in range(kh0, kh1):
+        ih = ih0 + kh
+        for kw in range(kw0, kw1):
+            iw = iw0 + kw
+            for c in range(c_):
+                xv = x[n, ih, iw, c]
+                for o in range(o_lo, o_hi):
+                    acc[o] = fma32(xv, w[kh, kw, c, o], acc[o])
+    for o in range(o_lo, o_hi):
+        out[n, oh, ow, o] = acc[o] + bias[o]
+
+
+@_jit()
+def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """Output row ``r`` (= n * OH + oh) of :func:`conv2d_nhwc`.
+
+    The first ``O - O % 16`` output channels go through the register-blocked
+    :func:`_make_conv_block` in blocks of 32 and 16 channels: runs of 4 output pixels whose kernel
+    windows lie horizontally inside the input together, other pixels one by one with their kernel
+    rows clipped to the input. The last ``O % 16`` channels go through :func:`_conv2d_pixel`. Both
+    give the same bits.
+    """
+    h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
+    kh_, kw_, o_ = w.shape[0], w.shape[1], w.shape[3]
+    oh_, ow_ = out.shape[1], out.shape[2]
+    n = r // oh_
+    oh = r - n * oh_
+    ih0 = oh * sh - ph
+    kh0 = max(0, -ih0)
+    rows = max(0, min(kh_, h_ - ih0) - kh0)
+    # Output columns whose whole kernel row lies inside the input.
+    ow_lo = min(ow_, (pw + sw - 1) // sw)
+    ow_hi = max(ow_lo, min(ow_, (w_ + pw - kw_) // sw + 1))
+    o32 = o_ - o_ % 32
+    o16 = o_ - o_ % 16
+    xf = x.reshape(x.size)
+    wf = w.reshape(w.size)
+    of = out.reshape(out.size)
+    taps = kw_ * c_  # one kernel row: contiguous in x and in w
+    acc = np.empty(o_, dtype=np.float32)  # the one per-row scratch: O float32
+    ow = 0
+    while ow < ow_:
+        if o16 > 0 and ow >= ow_lo and ow + CONV_PIXELS <= ow_hi:
+            xoff = ((n * h_ + ih0 + kh0) * w_ + ow * sw - pw) * c_
+            woff = kh0 * taps * o_
+            dst = (r * ow_ + ow) * o_
+            for o0 in range(0, o32, 32):
+                _conv_block_4x4(xf, xoff, sw * c_, w_ * c_, wf, woff + o0, taps * o_, rows, taps, o_,
+                                of, dst + o0, o_, bias, o0)
+            if o16 > o32:
+                _conv_block_4x2(xf, xoff, sw * c_, w_ * c_, wf, woff + o32, taps * o_, rows, taps, o_,
+                                of, dst + o32, o_, bias, o32)
+            if o16 < o_:
+                for p in range(CONV_PIXELS):
+                    _conv2d_pixel(n, oh, ow + p, x, w, bias, sh, sw, ph, pw, o16, o_, acc, out)
+            ow += CONV_PIXELS
+            continue
+        if o16 > 0:  # one pixel, its kernel row clipped to the input
+            iw0 = ow * sw - pw
+            kw0 = max(0, -iw0)
+            taps1 = max(0, min(kw_, w_ - iw0) - kw0) * c_
+            xoff = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * c_
+            woff = (kh0 * kw_ + kw0) * c_ * o_
+            dst = (r * ow_ + ow) * o_
+            for o0 in range(0, o32, 32):
+                _conv_block_1x4(xf, xoff, 0, w_ * c_, wf, woff + o0, taps * o_, rows, taps1, o_,
+                                of, dst + o0, o_, bias, o0)
+            if o16 > o32:
+                _conv_block_1x2(xf, xoff, 0, w_ * c_, wf, woff + o32, taps * o_, rows, taps1, o_,
+                                of, dst + o32, o_, bias, o32)
+        if o16 < o_:
+            _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o16, o_, acc, out)
+        ow += 1
+
+
+@_jit(parallel=True)
+def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """Float conv2d (groups 1, dilation 1, zero padding), output rows across threads.
+
+    x float32 (N, H, W, C); w float32 (KH, KW, C, O); bias float32 (O,) (zeros for a conv without
+    one); (sh, sw) stride, (ph, pw) padding; out float32 (N, OH, OW, O). Each output is a float32 fma
+    chain over (kh, kw, c) from 0 (taps in the padding skipped), then ``+ bias`` in float32.
+    """
+    rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
+    for r in prange(rows):
+        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+
+
+@_jit()
+def conv2d_nhwc_serial(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """:func:`conv2d_nhwc` on the calling thread."""
+    rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
+    for r in range(rows):
+        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise: BatchNorm (affine), add, channel bias, activation, PReLU. Rows are (n, h).
+
+
+@_jit()
+def _affine_act_row(r, x, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    for w in range(x.shape[2]):
+        for c in range(x.shape[3]):
+            out[n, h, w, c] = _clamp(fma32(x[n, h, w, c], scale[c], shift[c]), lo, hi)
+
+
+@_jit(parallel=True)
+def affine_act(x, scale, shift, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """Eval BatchNorm then activation: ``out = act(fma(x, scale[c], shift[c]))`` in float32.
+
+    scale, shift float32 (C,): ``a = gamma * rsqrt(var + eps)``, ``b = fma(-mean, a, beta)``.
+    """
+    _check_same_shape(x, out)
+    _check_channels(x, scale)
+    _check_channels(x, shift)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _affine_act_row(r, x, scale, shift, lo32, hi32, out)
+
+
+@_jit()
+def affine_act_serial(x, scale, shift, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """:func:`affine_act` on the calling thread."""
+    _check_same_shape(x, out)
+    _check_channels(x, scale)
+    _check_channels(x, shift)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in range(x.shape[0] * x.shape[1]):
+        _affine_act_row(r, x, scale, shift, lo32, hi32, out)
+
+
+@_jit()
+def _add_act_row(r, x, y, lo, hi, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    for w in range(x.shape[2]):
+        for c in range(x.shape[3]):
+            out[n, h, w, c] = _clamp(x[n, h, w, c] + y[n, h, w, c], lo, hi)
+
+
+@_jit(parallel=True)
+def add_act(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """Residual add then activation: ``out = act(x + y)`` in float32 (``out`` may be ``x`` or ``y``)."""
+    _check_same_shape(x, out)
+    _check_same_shape(y, out)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _add_act_row(r, x, y, lo32, hi32, out)
+
+
+@_jit()
+def add_act_serial(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """:func:`add_act` on the calling thread."""
+    _check_same_shape(x, out)
+    _check_same_shape(y, out)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in range(x.shape[0] * x.shape[1]):
+        _add_act_row(r, x, y, lo32, hi32, out)
+
+
+@_jit()
+def _bias_act_row(r, x, bias, lo, hi, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    for w in range(x.shape[2]):
+        for c in range(x.shape[3]):
+            out[n, h, w, c] = _clamp(x[n, h, w, c] + bias[c], lo, hi)
+
+
+@_jit(parallel=True)
+def bias_act(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """Per-channel bias (ReActNet's LearnableBias) then activation: ``out = act(x + bias[c])``."""
+    _check_same_shape(x, out)
+    _check_channels(x, bias)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _bias_act_row(r, x, bias, lo32, hi32, out)
+
+
+@_jit()
+def bias_act_serial(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """:func:`bias_act` on the calling thread."""
+    _check_same_shape(x, out)
+    _check_channels(x, bias)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in range(x.shape[0] * x.shape[1]):
+        _bias_act_row(r, x, bias, lo32, hi32, out)
+
+
+@_jit()
+def _act_only_row(r, x, lo, hi, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    for w in range(x.shape[2]):
+        for c in range(x.shape[3]):
+            out[n, h, w, c] = _clamp(x[n, h, w, c], lo, hi)
+
+
+@_jit(parallel=True)
+def act_only(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """The activation alone (hardtanh or ReLU; ``out`` may be ``x``)."""
+    _check_same_shape(x, out)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _act_only_row(r, x, lo32, hi32, out)
+
+
+@_jit()
+def act_only_serial(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
+    """:func:`act_only` on the calling thread."""
+    _check_same_shape(x, out)
+    lo32, hi32 = _act_bounds(act, lo, hi)
+    for r in range(x.shape[0] * x.shape[1]):
+        _act_only_row(r, x, lo32, hi32, out)
+
+
+@_jit()
+def _prelu_row(r, x, weight, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    if weight.shape[0] == 1:
+        a = weight[0]
+        for w in range(x.shape[2]):
+            for c in range(x.shape[3]):
+                v = x[n, h, w, c]
+                out[n, h, w, c] = v if v > 0 else a * v
+    else:
+        for w in range(x.shape[2]):
+            for c in range(x.shape[3]):
+                v = x[n, h, w, c]
+                out[n, h, w, c] = v if v > 0 else weight[c] * v
+
+
+@_jit(inline="always")
+def _check_prelu(x, weight, out):  # type: ignore[no-untyped-def]
+    _check_same_shape(x, out)
+    if weight.shape[0] != 1 and weight.shape[0] != x.shape[3]:
+        raise ValueError("prelu: weight must have 1 or C elements")
+
+
+@_jit(parallel=True)
+def prelu(x, weight, out):  # type: ignore[no-untyped-def]
+    """PReLU as PyTorch: ``x if x > 0 else weight * x`` (weight (C,) or (1,); NaN stays NaN)."""
+    _check_prelu(x, weight, out)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _prelu_row(r, x, weight, out)
+
+
+@_jit()
+def prelu_serial(x, weight, out):  # type: ignore[no-untyped-def]
+    """:func:`prelu` on the calling thread."""
+    _check_prelu(x, weight, out)
+    for r in range(x.shape[0] * x.shape[1]):
+        _prelu_row(r, x, weight, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling. Rows are (n, oh).
+
+
+@_jit()
+def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
+    """Output row ``r`` of :func:`avg_pool2d_nhwc`, in the steps of PyTorch's CPU kernel."""
+    h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
+    oh_, ow_ = out.shape[1], out.shape[2]
+    n = r // oh_
+    oh = r - n * oh_
+    ih0 = oh * sh - ph
+    ih1 = min(ih0 + kh, h_ + ph)
+    ihs = max(ih0, 0)
+    ihe = min(ih1, h_)
+    for ow in range(ow_):
+        iw0 = ow * sw - pw
+        iw1 = min(iw0 + kw, w_ + pw)
+        iws = max(iw0, 0)
+        iwe = min(iw1, w_)
+        for c in range(c_):
+            out[n, oh, ow, c] = 0.0
+        if ihs >= ihe or iws >= iwe:  # the window lies in the padding only
+            continue
+        if count_include_pad:
+            count = (ih1 - ih0) * (iw1 - iw0)
+        else:
+            count = (ihe - ihs) * (iwe - iws)
+        for ih in range(ihs, ihe):
+            for iw in range(iws, iwe):
+                for c in range(c_):
+                    out[n, oh, ow, c] += x[n, ih, iw, c]
+        divisor = np.float32(count)
+        for c in range(c_):
+            out[n, oh, ow, c] = out[n, oh, ow, c] / divisor
+
+
+@_jit(parallel=True)
+def avg_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
+    """``F.avg_pool2d`` (ceil_mode False) bit for bit: taps summed row-major in float32 from 0.0,
+    then divided once by the count (the whole window with ``count_include_pad``, else its valid taps)."""
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    for r in prange(rows):
+        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out)
+
+
+@_jit()
+def avg_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
+    """:func:`avg_pool2d_nhwc` on the calling thread."""
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    for r in range(rows):
+        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out)
+
+
+@_jit()
+def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """Output row ``r`` of :func:`max_pool2d_nhwc`: PyTorch's rule ``v > max or isnan(v)`` per tap."""
+    h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
+    oh_, ow_ = out.shape[1], out.shape[2]
+    n = r // oh_
+    oh = r - n * oh_
+    ih0 = oh * sh - ph
+    ihs = max(ih0, 0)
+    ihe = min(ih0 + kh, h_)
+    for ow in range(ow_):
+        iw0 = ow * sw - pw
+        iws = max(iw0, 0)
+        iwe = min(iw0 + kw, w_)
+        for c in range(c_):
+            out[n, oh, ow, c] = -np.inf
+        for ih in range(ihs, ihe):
+            for iw in range(iws, iwe):
+                for c in range(c_):
+                    v = x[n, ih, iw, c]
+                    m = out[n, oh, ow, c]
+                    out[n, oh, ow, c] = v if (v > m or v != v) else m
+
+
+@_jit(parallel=True)
+def max_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """``F.max_pool2d`` (dilation 1, ceil_mode False): padding never wins, NaN propagates, and of
+    equal values (0.0 and -0.0) the first tap in row-major order is kept, as PyTorch does."""
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    for r in prange(rows):
+        _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
+
+
+@_jit()
+def max_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+    """:func:`max_pool2d_nhwc` on the calling thread."""
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    for r in range(rows):
+        _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
+
+
+@_jit()
+def _global_avg_pool_row(n, x, out):  # type: ignore[no-untyped-def]
+    h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
+    acc = np.empty(c_, dtype=np.float64)  # the one per-row scratch: C float64
+    for c in range(c_):
+        acc[c] = 0.0
+    for h in range(h_):
+        for w in range(w_):
+            for c in range(c_):
+                acc[c] += np.float64(x[n, h, w, c])
+    count = np.float64(h_ * w_)
+    for c in range(c_):
+        out[n, 0, 0, c] = np.float32(acc[c] / count)
+
+
+@_jit(inline="always")
+def _check_global_avg_pool(x, out):  # type: ignore[no-untyped-def]
+    if out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2] != 1 or out.shape[3] != x.shape[3]:
+        raise ValueError("global_avg_pool_nhwc: out must be (N, 1, 1, C)")
+
+
+@_jit(parallel=True)
+def global_avg_pool_nhwc(x, out):  # type: ignore[no-untyped-def]
+    """Mean over H and W: float64 sum, divided by H*W, rounded once. out float32 (N, 1, 1, C)."""
+    _check_global_avg_pool(x, out)
+    for n in prange(x.shape[0]):
+        _global_avg_pool_row(n, x, out)
+
+
+@_jit()
+def global_avg_pool_nhwc_serial(x, out):  # type: ignore[no-untyped-def]
+    """:func:`global_avg_pool_nhwc` on the calling thread."""
+    _check_global_avg_pool(x, out)
+    for n in range(x.shape[0]):
+        _global_avg_pool_row(n, x, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: channel padding, flatten, NCHW input. Rows are (n, h) of the input.
+
+
+@_jit()
+def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[1]
+    n = r // h_
+    h = r - n * h_
+    c_ = x.shape[3]
+    co_ = out.shape[3]
+    for w in range(x.shape[2]):
+        for c in range(before):
+            out[n, h, w, c] = 0.0
+        for c in range(c_):
+            out[n, h, w, before + c] = x[n, h, w, c]
+        for c in range(before + c_, co_):
+            out[n, h, w, c] = 0.0
+
+
+@_jit(inline="always")
+def _check_pad_channels(x, before, after, out):  # type: ignore[no-untyped-def]
+    if before < 0 or after < 0:
+        raise ValueError("pad_channels_nhwc: before and after must be >= 0")
+    if (out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1] or out.shape[2] != x.shape[2]
+            or out.shape[3] != before + x.shape[3] + after):
+        raise ValueError("pad_channels_nhwc: out must be (N, H, W, before + C + after)")
+
+
+@_jit(parallel=True)
+def pad_channels_nhwc(x, before, after, out):  # type: ignore[no-untyped-def]
+    """Zero channels around the input's: out (N, H, W, before + C + after) (the option-A shortcut)."""
+    _check_pad_channels(x, before, after, out)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _pad_channels_row(r, x, before, out)
+
+
+@_jit()
+def pad_channels_nhwc_serial(x, before, after, out):  # type: ignore[no-untyped-def]
+    """:func:`pad_channels_nhwc` on the calling thread."""
+    _check_pad_channels(x, before, after, out)
+    for r in range(x.shape[0] * x.shape[1]):
+        _pad_channels_row(r, x, before, out)
+
+
+@_jit()
+def _flatten_nchw_row(r, x, out):  # type: ignore[no-untyped-def]
+    h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
+    n = r // h_
+    h = r - n * h_
+    hw = h_ * w_
+    base = h * w_
+    for c in range(c_):
+        for w in range(w_):
+            out[n, 0, 0, c * hw + base + w] = x[n, h, w, c]
+
+
+@_jit(inline="always")
+def _check_flatten(x, out):  # type: ignore[no-untyped-def]
+    if (out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2] != 1
+            or out.shape[3] != x.shape[1] * x.shape[2] * x.shape[3]):
+        raise ValueError("flatten_nchw: out must be (N, 1, 1, C*H*W)")
+
+
+@_jit(parallel=True)
+def flatten_nchw(x, out):  # type: ignore[no-untyped-def]
+    """``torch.flatten(x, 1)`` of the NCHW tensor: out[n, 0, 0, c*H*W + h*W + w] = x[n, h, w, c].
+
+    Work is split over input rows (n, h), whose outputs are disjoint.
+    """
+    _check_flatten(x, out)
+    for r in prange(x.shape[0] * x.shape[1]):
+        _flatten_nchw_row(r, x, out)
+
+
+@_jit()
+def flatten_nchw_serial(x, out):  # type: ignore[no-untyped-def]
+    """:func:`flatten_nchw` on the calling thread."""
+    _check_flatten(x, out)
+    for r in range(x.shape[0] * x.shape[1]):
+        _flatten_nchw_row(r, x, out)
+
+
+@_jit()
+def _nchw_to_nhwc_row(r, x, out):  # type: ignore[no-untyped-def]
+    h_ = x.shape[2]
+    n = r // h_
+    h = r - n * h_
+    for c in range(x.shape[1]):
+        for w in range(x.shape[3]):
+            out[n, h, w, c] = x[n, c, h, w]
+
+
+@_jit(inline="always")
+def _check_nchw_to_nhwc(x, out):  # type: ignore[no-untyped-def]
+    if (out.shape[0] != x.shape[0] or out.shape[1] != x.shape[2] or out.shape[2] != x.shape[3]
+            or out.shape[3] != x.shape[1]):
+        raise ValueError("nchw_to_nhwc: out must be (N, H, W, C) for x (N, C, H, W)")
+
+
+@_jit(parallel=True)
+def nchw_to_nhwc(x, out):  # type: ignore[no-untyped-def]
+    """The network input: x float32 (N, C, H, W) -> out (N, H, W, C)."""
+    _check_nchw_to_nhwc(x, out)
+    for r in prange(x.shape[0] * x.shape[2]):
+        _nchw_to_nhwc_row(r, x, out)
+
+
+@_jit()
+def nchw_to_nhwc_serial(x, out):  # type: ignore[no-untyped-def]
+    """:func:`nchw_to_nhwc` on the calling thread."""
+    _check_nchw_to_nhwc(x, out)
+    for r in range(x.shape[0] * x.shape[2]):
+        _nchw_to_nhwc_row(r, x, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear. Work items are (n, block of LINEAR_BLOCK output features).
+
+
+@_jit(inline="always")
+def _linear_finish(lanes, j, x, w, n, o, i8, bias, out):  # type: ignore[no-untyped-def]
+    """Output ``o``: lanes ``8j .. 8j + 7`` of ``lanes`` plus the tail ``i >= i8``, summed in a fixed tree."""
+    s0 = lanes[8 * j]
+    for i in range(i8, w.shape[1]):  # the tail joins lane 0, in order
+        s0 = fma64(np.float64(x[n, 0, 0, i]), np.float64(w[o, i]), s0)
+    s = ((s0 + lanes[8 * j + 1]) + (lanes[8 * j + 2] + lanes[8 * j + 3])) + (
+        (lanes[8 * j + 4] + lanes[8 * j + 5]) + (lanes[8 * j + 6] + lanes[8 * j + 7]))
+    out[n, 0, 0, o] = np.float32(s) + bias[o]
+
+
+@_jit()
+def _linear_block(r, x, w, bias, out):  # type: ignore[no-untyped-def]
+    """Outputs ``[o0, o0 + LINEAR_BLOCK)`` of sample ``n`` (r = n * blocks + o0 / LINEAR_BLOCK).
+
+    Each dot product is 8 float64 lane sums (inputs i = k mod 8, from :func:`_make_dot_lanes`),
+    the tail i >= I - I % 8 added to lane 0, then a fixed tree: a fixed order, and vector fma in
+    the loop (without fastmath LLVM never reorders a float reduction itself).
+    """
+    i_ = w.shape[1]
+    o_ = w.shape[0]
+    blocks = (o_ + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    n = r // blocks
+    o0 = (r - n * blocks) * LINEAR_BLOCK
+    o1 = min(o0 + LINEAR_BLOCK, o_)
+    i8 = i_ - i_ % 8
+    xf = x.reshape(x.size)
+    wf = w.reshape(w.size)
+    o = o0
+    while o + LINEAR_ROWS <= o1:
+        lanes = _dot_lanes_4(xf, n * i_, wf, o * i_, i_, i8)
+        for j in range(LINEAR_ROWS):
+            _linear_finish(lanes, j, x, w, n, o + j, i8, bias, out)
+        o += LINEAR_ROWS
+    while o < o1:
+        lanes1 = _dot_lanes_1(xf, n * i_, wf, o * i_, i_, i8)
+        _linear_finish(lanes1, 0, x, w, n, o, i8, bias, out)
+        o += 1
+
+
+@_jit(inline="always")
+def _check_linear(x, w, bias, out):  # type: ignore[no-untyped-def]
+    if x.shape[1] != 1 or x.shape[2] != 1 or x.shape[3] != w.shape[1]:
+        raise ValueError("linear_nhwc: x must be (N, 1, 1, I) with I = weight.shape[1]")
+    if (bias.shape[0] != w.shape[0] or out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2] != 1
+            or out.shape[3] != w.shape[0]):
+        raise ValueError("linear_nhwc: bias must be (O,) and out (N, 1, 1, O)")
+    return x.shape[0] * ((w.shape[0] + LINEAR_BLOCK - 1) // LINEAR_BLOCK)
+
+
+@_jit(parallel=True)
+def linear_nhwc(x, w, bias, out):  # type: ignore[no-untyped-def]
+    """Float linear layer: x (N, 1, 1, I), w float32 (O, I), bias (O,), out (N, 1, 1, O).
+
+    float64 dot products rounded once to float32, then ``+ bias`` in float32. Threads take blocks
+    of output features, so a batch of one is split too.
+    """
+    items = _check_linear(x, w, bias, out)
+    for r in prange(items):
+        _linear_block(r, x, w, bias, out)
+
+
+@_jit()
+def linear_nhwc_serial(x, w, bias, out):  # type: ignore[no-untyped-def]
+    """:func:`linear_nhwc` on the calling thread."""
+    items = _check_linear(x, w, bias, out)
+    for r in range(items):
+        _linear_block(r, x, w, bias, out)

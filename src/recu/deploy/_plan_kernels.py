@@ -1,0 +1,301 @@
+"""The compiled executor of a whole-network plan: one numba call runs every layer.
+
+A plan (:mod:`recu.deploy.plan`) is a table of operations, one int64 row each (``F_*`` columns),
+over flat arrays: every activation lives in one float32 arena (NHWC, at an offset), every
+float parameter in one float32 array, the binary weights in one uint64 and one int8 array, the
+AMX tile geometry in one int64 array. :func:`run_plan` walks the rows and calls the compiled
+kernels (binary: :mod:`._amx_kernels`, :mod:`._numba_kernels`; float: :mod:`._float_kernels`)
+on views of those arrays. One call from Python per forward pass: at batch 1 a ResNet-20 layer
+takes ~5-20 us, and a Python-level dispatch of each of its ~50 operations cost as much as the
+arithmetic.
+
+Importing this module compiles nothing and needs no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import _amx_kernels as ak
+from . import _float_kernels as fk
+from . import _numba_kernels as nk
+from ._numba_kernels import _jit
+
+# numba checks a cached function against its own source file only, but the executor (and the kernels
+# it calls) compile code from all of these files into one cached library: after an edit or upgrade of
+# one of them numba would load a stale executor (seen: a float conv changed in _float_kernels.py and
+# the cached plan kept the old one). ensure_fresh_cache() drops every cached function of these files
+# when their combined content changes.
+_SOURCES = ("_plan_kernels.py", "_float_kernels.py", "_numba_kernels.py", "_amx_kernels.py")
+_STAMP_FILE = "recu_deploy_sources.sha256"
+_FRESH_LOCK = threading.Lock()
+_FRESH = False
+
+
+def source_stamp() -> str:
+    """sha256 of the compiled-kernel source files (what the cached machine code was built from)."""
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def ensure_fresh_cache() -> None:
+    """Flush numba's on-disk cache of every kernel in :data:`_SOURCES` if those files changed since
+    it was written (once per process; call before the first kernel runs)."""
+    global _FRESH
+    with _FRESH_LOCK:
+        if _FRESH:
+            return
+        from numba.core.registry import CPUDispatcher
+
+        from . import _amx_kernels, _float_kernels, _numba_kernels
+
+        modules = (_amx_kernels, _float_kernels, _numba_kernels, __import__(__name__, fromlist=["_"]))
+        dispatchers = [f for m in modules for f in vars(m).values() if isinstance(f, CPUDispatcher)]
+        caches = [d._cache for d in dispatchers if getattr(d._cache, "_cache_path", None)]
+        if caches:
+            stamp_path = Path(caches[0]._cache_path) / _STAMP_FILE
+            stamp = source_stamp()
+            try:
+                old = stamp_path.read_text().strip()
+            except OSError:
+                old = None
+            if old != stamp:
+                for cache in caches:
+                    cache.flush()
+                try:
+                    stamp_path.write_text(stamp)
+                except OSError:
+                    pass  # an unwritable cache: numba compiles in memory anyway
+        _FRESH = True
+
+
+# Operation codes.
+OP_INPUT = 0          # NCHW input -> NHWC value
+OP_BCONV_AVX512 = 1   # sign + pack, XNOR-popcount (512-bit), float epilogue
+OP_BCONV_AVX2 = 2     # sign + pack, XNOR-popcount (256-bit, nibble-lookup popcount)
+OP_BCONV_PORTABLE = 3  # sign + pack, scalar SWAR popcount
+OP_BCONV_AMX8 = 4     # sign to int8, AMX tiles, int8 weights
+OP_BCONV_AMX1 = 5     # sign to int8, AMX tiles, 1-bit weights expanded in the kernel
+OP_CONV = 6           # full-precision conv2d
+OP_AFFINE_ACT = 7     # BatchNorm (fma) + activation
+OP_ADD_ACT = 8        # residual add + activation
+OP_BIAS_ACT = 9       # per-channel bias + activation
+OP_ACT = 10           # activation alone
+OP_PRELU = 11
+OP_AVG_POOL = 12
+OP_MAX_POOL = 13
+OP_GLOBAL_AVG_POOL = 14
+OP_PAD_CHANNELS = 15
+OP_FLATTEN = 16
+OP_LINEAR = 17
+
+# Columns of an operation row.
+F_OP, F_IN0, F_IN1, F_OUT, F_PARALLEL = 0, 1, 2, 3, 4
+F_P = 5  # first of the operation's own parameters
+N_FIELDS = 28
+
+# Columns of a value row: arena offset and NHWC shape.
+V_OFS, V_N, V_H, V_W, V_C = 0, 1, 2, 3, 4
+
+
+@_jit()
+def _view(arena, vals, v):  # type: ignore[no-untyped-def]
+    o = vals[v, V_OFS]
+    n, h, w, c = vals[v, V_N], vals[v, V_H], vals[v, V_W], vals[v, V_C]
+    return arena[o:o + n * h * w * c].reshape((n, h, w, c))
+
+
+@_jit()
+def _flat(arena, vals, v):  # type: ignore[no-untyped-def]
+    o = vals[v, V_OFS]
+    return arena[o:o + vals[v, V_N] * vals[v, V_H] * vals[v, V_W] * vals[v, V_C]]
+
+
+@_jit()
+def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg):  # type: ignore[no-untyped-def]
+    """One AMX binary conv row: sign to int8 with zero padding and the tile products in one call."""
+    n_, h_, w_, c_ = x.shape
+    c_out, ph, pw = p[0], p[5], p[6]
+    epi = fp[p[7]:p[7] + 4 * c_out]
+    w0, wn = p[8], p[9]
+    toff = i64[p[10]:p[10] + p[11]]
+    abase = i64[p[12]:p[12] + p[13]]
+    pix = i64[p[14]:p[14] + p[15]]
+    astride, cp_, chunks = p[16], p[17], p[18]
+    out2 = out.reshape((out.shape[0] * out.shape[1] * out.shape[2], c_out))
+    dummy = np.empty((1, 1), np.int32)
+    xb = x8[:p[19]]
+    if op == OP_BCONV_AMX8:
+        wb8 = i8[w0:w0 + wn]
+        if par:
+            ak.sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb8, toff, abase, astride, pix, c_out, dummy,
+                             epi, out2, True, cfg, chunks)
+        else:
+            ak.sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb8, toff, abase, astride, pix, c_out,
+                                    dummy, epi, out2, True, cfg, chunks)
+    else:
+        wb1 = u64[w0:w0 + wn]
+        if par:
+            ak.sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb1, toff, abase, astride, pix, c_out, dummy,
+                             epi, out2, True, cfg, chunks)
+        else:
+            ak.sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb1, toff, abase, astride, pix, c_out,
+                                    dummy, epi, out2, True, cfg, chunks)
+
+
+@_jit()
+def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk):  # type: ignore[no-untyped-def]
+    """One XNOR-popcount binary conv row: pack the signs, then the kernel with its float epilogue."""
+    n_, h_, w_, c_ = x.shape
+    c_out, kh_, kw_, sh, sw, ph, pw = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    epi = fp[p[7]:p[7] + 4 * c_out]
+    wb = u64[p[8]:p[8] + p[9]]
+    cw_ = (c_ + 63) // 64
+    a = pk[:n_ * h_ * w_ * cw_]
+    a2 = a.reshape((n_ * h_ * w_, cw_))
+    if par:
+        nk.pack_nhwc(xf, c_, a2)
+    else:
+        nk.pack_nhwc_serial(xf, c_, a2)
+    dummy4 = np.empty((1, 1, 1, 1), np.int32)
+    if op == OP_BCONV_AVX512:
+        if par:
+            nk.conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+        else:
+            nk.conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+    elif op == OP_BCONV_AVX2:
+        if par:
+            nk.conv_avx2(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+        else:
+            nk.conv_avx2_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+    else:
+        a4 = a.reshape((n_, h_, w_, cw_))
+        w4 = wb.reshape((c_out, kh_, kw_, cw_))
+        if par:
+            nk.conv_portable(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
+        else:
+            nk.conv_portable_serial(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
+
+
+@_jit()
+def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
+    """One full-precision row; p: its parameter columns (see ``plan``'s row builders)."""
+    act, lo, hi = p[0], fp[p[1]], fp[p[1] + 1]
+    if op == OP_CONV:
+        kh_, kw_, c_in, c_out = p[2], p[3], x.shape[3], out.shape[3]
+        w = fp[p[4]:p[4] + kh_ * kw_ * c_in * c_out].reshape((kh_, kw_, c_in, c_out))
+        bias = fp[p[5]:p[5] + c_out]
+        if par:
+            fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out)
+        else:
+            fk.conv2d_nhwc_serial(x, w, bias, p[6], p[7], p[8], p[9], out)
+    elif op == OP_AFFINE_ACT:
+        c = x.shape[3]
+        scale, shift = fp[p[2]:p[2] + c], fp[p[3]:p[3] + c]
+        if par:
+            fk.affine_act(x, scale, shift, act, lo, hi, out)
+        else:
+            fk.affine_act_serial(x, scale, shift, act, lo, hi, out)
+    elif op == OP_ADD_ACT:
+        if par:
+            fk.add_act(x, y, act, lo, hi, out)
+        else:
+            fk.add_act_serial(x, y, act, lo, hi, out)
+    elif op == OP_BIAS_ACT:
+        bias = fp[p[2]:p[2] + x.shape[3]]
+        if par:
+            fk.bias_act(x, bias, act, lo, hi, out)
+        else:
+            fk.bias_act_serial(x, bias, act, lo, hi, out)
+    elif op == OP_ACT:
+        if par:
+            fk.act_only(x, act, lo, hi, out)
+        else:
+            fk.act_only_serial(x, act, lo, hi, out)
+    elif op == OP_PRELU:
+        weight = fp[p[2]:p[2] + p[3]]
+        if par:
+            fk.prelu(x, weight, out)
+        else:
+            fk.prelu_serial(x, weight, out)
+    elif op == OP_AVG_POOL:
+        if par:
+            fk.avg_pool2d_nhwc(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out)
+        else:
+            fk.avg_pool2d_nhwc_serial(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out)
+    elif op == OP_MAX_POOL:
+        if par:
+            fk.max_pool2d_nhwc(x, p[2], p[3], p[4], p[5], p[6], p[7], out)
+        else:
+            fk.max_pool2d_nhwc_serial(x, p[2], p[3], p[4], p[5], p[6], p[7], out)
+    elif op == OP_GLOBAL_AVG_POOL:
+        if par:
+            fk.global_avg_pool_nhwc(x, out)
+        else:
+            fk.global_avg_pool_nhwc_serial(x, out)
+    elif op == OP_PAD_CHANNELS:
+        if par:
+            fk.pad_channels_nhwc(x, p[2], p[3], out)
+        else:
+            fk.pad_channels_nhwc_serial(x, p[2], p[3], out)
+    elif op == OP_FLATTEN:
+        if par:
+            fk.flatten_nchw(x, out)
+        else:
+            fk.flatten_nchw_serial(x, out)
+    elif op == OP_LINEAR:
+        c_in, c_out = x.shape[3], out.shape[3]
+        w = fp[p[2]:p[2] + c_out * c_in].reshape((c_out, c_in))
+        bias = fp[p[3]:p[3] + c_out]
+        if par:
+            fk.linear_nhwc(x, w, bias, out)
+        else:
+            fk.linear_nhwc_serial(x, w, bias, out)
+
+
+@_jit()
+def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def]
+    """Row ``r`` unless it is an AMX convolution (returns False then: the caller runs it)."""
+    op = ops[r, F_OP]
+    par = ops[r, F_PARALLEL] != 0
+    p = ops[r, F_P:]
+    out = _view(arena, vals, ops[r, F_OUT])
+    if op == OP_INPUT:
+        if par:
+            fk.nchw_to_nhwc(x_in, out)
+        else:
+            fk.nchw_to_nhwc_serial(x_in, out)
+        return True
+    if op == OP_BCONV_AMX8 or op == OP_BCONV_AMX1:
+        return False
+    v0 = ops[r, F_IN0]
+    x = _view(arena, vals, v0)
+    if op <= OP_BCONV_PORTABLE:
+        _binary_conv_popcount(op, p, par, x, _flat(arena, vals, v0), out, fp, u64, pk)
+        return True
+    v1 = ops[r, F_IN1]
+    _float_op(op, p, par, x, _view(arena, vals, v1 if v1 >= 0 else v0), out, fp)
+    return True
+
+
+@_jit()
+def run_plan(ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def]
+    """Execute every row of ``ops`` in order (see the module doc); no AMX rows. ``x_in``: float32 NCHW."""
+    for r in range(ops.shape[0]):
+        _row(r, ops, vals, arena, fp, u64, pk, x_in)
+
+
+@_jit()
+def run_plan_amx(ops, vals, arena, fp, u64, i8, i64, pk, x8, cfg, x_in):  # type: ignore[no-untyped-def]
+    """:func:`run_plan` with AMX rows (compiled only where the CPU has AMX: the tile instructions)."""
+    for r in range(ops.shape[0]):
+        if not _row(r, ops, vals, arena, fp, u64, pk, x_in):
+            v0 = ops[r, F_IN0]
+            _binary_conv_amx(ops[r, F_OP], ops[r, F_P:], ops[r, F_PARALLEL] != 0, _view(arena, vals, v0),
+                             _flat(arena, vals, v0), _view(arena, vals, ops[r, F_OUT]), fp, u64, i8, i64, x8, cfg)

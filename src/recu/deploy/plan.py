@@ -1,0 +1,517 @@
+"""The whole network as one compiled call: :class:`CompiledModel`, built from a file's graph.
+
+:func:`load_plan` reads a deployment file (safetensors + the graph IR that
+:func:`recu.deploy.export` writes, ``docs/file-format.md``) and returns a :class:`CompiledModel`:
+numpy (or torch) NCHW images in, logits out. For each input shape it builds a plan once - the
+graph's operations as rows of an int64 table, with BatchNorm + activation and add + activation
+fused, every activation at a fixed offset of one float32 arena (buffers reused once their last
+reader has run), the parameters and binary weights in flat arrays laid out for the chosen
+kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
+Without numba the same graph runs on NumPy (:mod:`recu.deploy.graph_numpy`), slowly.
+
+Nothing here imports torch: a deployment machine needs numpy, numba and safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .fileio import read_metadata, read_tensors
+from .kernels import (
+    PackedConvWeights,
+    epilogue_table,
+    layer_kernel,
+    numba_available,
+    resolve_kernel,
+)
+from .pack import unpackbits_bytes
+
+__all__ = ["CompiledModel", "load_plan", "PlanError"]
+
+ACT_NONE, ACT_HARDTANH, ACT_RELU = 0, 1, 2
+_ALIGN = 16  # float32 elements: every arena and parameter offset on a 64-byte boundary
+_FUSABLE_ACTS = ("hardtanh", "relu")
+
+
+class PlanError(ValueError):
+    """The file's graph cannot be planned (an operation or shape the compiled runtime does not run)."""
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+@dataclass
+class _Arrays:
+    """Growing flat arrays of one dtype with aligned offsets."""
+
+    dtype: Any
+    align: int = _ALIGN
+    parts: list = field(default_factory=list)
+    size: int = 0
+
+    def add(self, values: np.ndarray) -> int:
+        values = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1)
+        start = _round_up(self.size, self.align)
+        if start > self.size:
+            self.parts.append(np.zeros(start - self.size, self.dtype))
+        self.parts.append(values)
+        self.size = start + values.size
+        return start
+
+    def array(self) -> np.ndarray:
+        from ._amx_kernels import aligned_empty
+
+        out = aligned_empty(max(self.size, 1), self.dtype)
+        out[:self.size] = np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+        return out
+
+
+class _Arena:
+    """Offsets of activation buffers: a buffer is reused once its value's last reader has run."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.free: list[tuple[int, int]] = []  # (offset, capacity)
+
+    def take(self, n: int) -> int:
+        n = _round_up(max(n, 1), _ALIGN)
+        fits = [i for i, (_, cap) in enumerate(self.free) if cap >= n]
+        if fits:
+            i = min(fits, key=lambda j: self.free[j][1])
+            return self.free.pop(i)[0]
+        ofs = self.size
+        self.size += n
+        return ofs
+
+    def give(self, ofs: int, n: int) -> None:
+        self.free.append((ofs, _round_up(max(n, 1), _ALIGN)))
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _pool_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@dataclass
+class _Node:
+    """A graph node after fusion: op, inputs, attrs, tensors, the activation fused into it."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict
+    tensors: dict
+    act: int = ACT_NONE
+    lo: float = -1.0
+    hi: float = 1.0
+
+
+def _act_of(node: dict) -> tuple[int, float, float]:
+    if node["op"] == "relu":
+        return ACT_RELU, 0.0, 0.0
+    a = node.get("attrs", {})
+    return ACT_HARDTANH, float(a.get("min", -1.0)), float(a.get("max", 1.0))
+
+
+def fuse_graph(graph: dict) -> tuple[list[_Node], str]:
+    """Nodes with each activation folded into a batch_norm, add, channel_bias or float conv that
+    feeds it alone; returns (nodes, output name)."""
+    nodes = graph["nodes"]
+    users: dict[str, int] = {}
+    for nd in nodes:
+        for i in nd["inputs"]:
+            users[i] = users.get(i, 0) + 1
+    users[graph["output"]] = users.get(graph["output"], 0) + 1
+    out: list[_Node] = []
+    by_name: dict[str, _Node] = {}
+    renamed: dict[str, str] = {}
+    for nd in nodes:
+        inputs = [renamed.get(i, i) for i in nd["inputs"]]
+        src = by_name.get(inputs[0]) if inputs else None
+        if (nd["op"] in _FUSABLE_ACTS and src is not None and src.act == ACT_NONE
+                and src.op in ("batch_norm", "add", "channel_bias") and users.get(inputs[0], 0) == 1):
+            src.act, src.lo, src.hi = _act_of(nd)
+            renamed[nd["name"]] = src.name
+            continue
+        node = _Node(nd["name"], nd["op"], inputs, dict(nd.get("attrs") or {}), dict(nd.get("tensors") or {}))
+        if node.op in _FUSABLE_ACTS:
+            node.act, node.lo, node.hi = _act_of(nd)
+        out.append(node)
+        by_name[node.name] = node
+    return out, renamed.get(graph["output"], graph["output"])
+
+
+class _Builder:
+    """Turns fused nodes into the executor's tables for one input shape, kernel choice and thread count."""
+
+    def __init__(self, meta: dict, tensors: dict, impl: Optional[str], threads: int) -> None:
+        from . import _plan_kernels as pk
+
+        self.pk = pk
+        self.meta, self.tensors, self.impl, self.threads = meta, tensors, impl, threads
+        self.layers = {layer["name"]: layer for layer in meta["binary_layers"]}
+        self.fp = _Arrays(np.float32)
+        self.fp.add(np.array([-1.0, 1.0], np.float32))  # offset 0: the default clamp bounds
+        self.u64 = _Arrays(np.uint64, 8)
+        self.i8 = _Arrays(np.int8, 64)
+        self.i64 = _Arrays(np.int64, 8)
+        self.rows: list[np.ndarray] = []
+        self.vals: list[list[int]] = []
+        self.value_of: dict[str, int] = {}
+        self.pk_words = 1
+        self.x8_bytes = 64
+        self.uses_amx = False
+
+    # -- values ---------------------------------------------------------------------------------
+    def _value(self, name: str, shape: tuple[int, int, int, int]) -> int:
+        self.value_of[name] = len(self.vals)
+        self.vals.append([0, *shape])
+        return self.value_of[name]
+
+    def shape(self, name: str) -> tuple[int, int, int, int]:
+        return tuple(self.vals[self.value_of[name]][1:])  # type: ignore[return-value]
+
+    def _row(self, op: int, ins: list[str], out: int, params: list[int], work: int) -> None:
+        from ._numba_kernels import PARALLEL_MIN_WORK
+
+        row = np.zeros(self.pk.N_FIELDS, np.int64)
+        row[self.pk.F_OP] = op
+        row[self.pk.F_IN0] = self.value_of[ins[0]] if ins else -1
+        row[self.pk.F_IN1] = self.value_of[ins[1]] if len(ins) > 1 else -1
+        row[self.pk.F_OUT] = out
+        row[self.pk.F_PARALLEL] = int(self.threads > 1 and work >= PARALLEL_MIN_WORK)
+        row[self.pk.F_P:self.pk.F_P + len(params)] = params
+        self.rows.append(row)
+
+    def _tensor(self, node: _Node, role: str) -> np.ndarray:
+        key = node.tensors.get(role)
+        if key is None or key not in self.tensors:
+            raise PlanError(f"node {node.name} ({node.op}): the file lacks its {role!r} tensor ({key})")
+        return np.asarray(self.tensors[key], dtype=np.float32)
+
+    def _act_params(self, node: _Node) -> list[int]:
+        bounds = 0 if (node.lo, node.hi) == (-1.0, 1.0) else self.fp.add(np.array([node.lo, node.hi], np.float32))
+        return [node.act, bounds]
+
+    # -- operations -----------------------------------------------------------------------------
+    def input(self, name: str, shape: tuple[int, int, int, int]) -> None:
+        v = self._value(name, shape)
+        self._row(self.pk.OP_INPUT, [], v, [], int(np.prod(shape)))
+
+    def binary(self, node: _Node) -> None:
+        layer = self.layers.get(node.attrs.get("layer"))
+        if layer is None:
+            raise PlanError(f"node {node.name}: no binary layer {node.attrs.get('layer')!r} in the file")
+        n, h, w, c = self.shape(node.inputs[0])
+        if node.op == "binary_linear":
+            if (h, w) != (1, 1):
+                raise PlanError(f"node {node.name}: a binary linear layer needs (N, C) input")
+        c_in, c_out = int(layer["in_channels"]), int(layer["out_channels"])
+        if c != c_in:
+            raise PlanError(f"node {node.name}: input has {c} channels, the layer {c_in}")
+        kh, kw = _pair(layer["kernel_size"])
+        sh, sw = _pair(layer["stride"])
+        ph, pw = _pair(layer["padding"])
+        oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise PlanError(f"node {node.name}: a {h}x{w} input is smaller than the {kh}x{kw} kernel")
+        name = layer["name"]
+        bits = unpackbits_bytes(np.asarray(self.tensors[f"binary.{name}.bits"]), c_in)
+        weights = PackedConvWeights(bits, c_in)
+        epi = epilogue_table(c_out, *(self.tensors[f"binary.{name}.{k}"] for k in ("alpha", "bias", "bn_scale",
+                                                                                       "bn_shift")))
+        v = self._value(node.name, (n, oh, ow, c_out))
+        kind = layer_kernel(self.impl, c_in)
+        cw = bits.shape[3]
+        work = n * oh * ow * bits.size // 8
+        params = [c_out, kh, kw, sh, sw, ph, pw, self.fp.add(epi)]
+        if kind == "amx":
+            self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
+            return
+        self.pk_words = max(self.pk_words, n * h * w * cw)
+        if kind == "avx512":
+            op, wb = self.pk.OP_BCONV_AVX512, weights.blocked()
+        elif kind == "avx2":
+            op, wb = self.pk.OP_BCONV_AVX2, weights.blocked_avx2()
+        else:
+            op, wb = self.pk.OP_BCONV_PORTABLE, weights.bits
+        params += [self.u64.add(wb), wb.size]
+        self._row(op, node.inputs, v, params, work)
+
+    def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
+             node: _Node, v: int) -> None:
+        from . import _amx_kernels as ak
+        from ._numba_kernels import PARALLEL_MIN_WORK
+
+        n, h, w, c = xshape
+        kh, kw, sh, sw, ph, pw = geom
+        cw = weights.bits.shape[3]
+        toff, abase, astride, pix, nbytes = ak.plan(n, h, w, cw, kh, kw, sh, sw, ph, pw)
+        tiles = weights.amx_tiles()
+        if tiles.dtype == np.int8:
+            op, start = self.pk.OP_BCONV_AMX8, self.i8.add(tiles)
+        else:
+            op, start = self.pk.OP_BCONV_AMX1, self.u64.add(tiles)
+        parallel = self.threads > 1 and work >= PARALLEL_MIN_WORK
+        params += [start, tiles.size, self.i64.add(toff), toff.size, self.i64.add(abase), abase.size,
+                   self.i64.add(pix), pix.size, astride, 64 * cw, 4 * self.threads if parallel else 1, nbytes]
+        self.x8_bytes = max(self.x8_bytes, nbytes)
+        self.uses_amx = True
+        self._row(op, node.inputs, v, params, work)
+
+    def float_node(self, node: _Node) -> None:
+        pk = self.pk
+        n, h, w, c = self.shape(node.inputs[0])
+        size = n * h * w * c
+        act = self._act_params(node)
+        op = node.op
+        if op == "conv2d":
+            weight = self._tensor(node, "weight")  # (O, C, KH, KW)
+            o, ci, kh, kw = weight.shape
+            if ci != c:
+                raise PlanError(f"node {node.name}: input has {c} channels, the conv {ci}")
+            sh, sw = _pair(node.attrs.get("stride", 1))
+            ph, pw = _pair(node.attrs.get("padding", 0))
+            bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
+            oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
+            v = self._value(node.name, (n, oh, ow, o))
+            params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
+            self._row(pk.OP_CONV, node.inputs, v, params, n * oh * ow * o * c * kh * kw // 8)
+        elif op == "batch_norm":
+            v = self._value(node.name, (n, h, w, c))
+            params = act + [self.fp.add(self._tensor(node, "scale")), self.fp.add(self._tensor(node, "shift"))]
+            self._row(pk.OP_AFFINE_ACT, node.inputs, v, params, size)
+        elif op == "add":
+            if self.shape(node.inputs[1]) != (n, h, w, c):
+                raise PlanError(f"node {node.name}: adds {self.shape(node.inputs[1])} to {(n, h, w, c)}")
+            v = self._value(node.name, (n, h, w, c))
+            self._row(pk.OP_ADD_ACT, node.inputs, v, act, size)
+        elif op == "channel_bias":
+            v = self._value(node.name, (n, h, w, c))
+            bias = self._tensor(node, "bias").reshape(-1)  # stored as the module's (1, C, 1, 1)
+            self._row(pk.OP_BIAS_ACT, node.inputs, v, act + [self.fp.add(bias)], size)
+        elif op in _FUSABLE_ACTS:
+            v = self._value(node.name, (n, h, w, c))
+            self._row(pk.OP_ACT, node.inputs, v, act, size)
+        elif op == "prelu":
+            weight = self._tensor(node, "weight").reshape(-1)
+            v = self._value(node.name, (n, h, w, c))
+            self._row(pk.OP_PRELU, node.inputs, v, act + [self.fp.add(weight), weight.size], size)
+        elif op in ("avg_pool2d", "max_pool2d"):
+            kh, kw = _pair(node.attrs["kernel"])
+            sh, sw = _pair(node.attrs.get("stride") or node.attrs["kernel"])
+            ph, pw = _pair(node.attrs.get("padding", 0))
+            oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
+            v = self._value(node.name, (n, oh, ow, c))
+            params = act + [kh, kw, sh, sw, ph, pw]
+            if op == "avg_pool2d":
+                params.append(int(bool(node.attrs.get("count_include_pad", True))))
+            self._row(pk.OP_AVG_POOL if op == "avg_pool2d" else pk.OP_MAX_POOL, node.inputs, v, params, size)
+        elif op == "global_avg_pool":
+            v = self._value(node.name, (n, 1, 1, c))
+            self._row(pk.OP_GLOBAL_AVG_POOL, node.inputs, v, act, size)
+        elif op == "pad_channels":
+            before, after = int(node.attrs["before"]), int(node.attrs["after"])
+            v = self._value(node.name, (n, h, w, c + before + after))
+            self._row(pk.OP_PAD_CHANNELS, node.inputs, v, act + [before, after], size)
+        elif op == "flatten":
+            v = self._value(node.name, (n, 1, 1, h * w * c))
+            self._row(pk.OP_FLATTEN, node.inputs, v, act, size)
+        elif op == "linear":
+            weight = self._tensor(node, "weight")
+            o, i = weight.shape
+            if (h, w, c) != (1, 1, i):
+                raise PlanError(f"node {node.name}: linear layer of {i} inputs on a {(c, h, w)} input")
+            bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
+            v = self._value(node.name, (n, 1, 1, o))
+            self._row(pk.OP_LINEAR, node.inputs, v, act + [self.fp.add(weight), self.fp.add(bias)], n * o * i // 8)
+        else:
+            raise PlanError(f"node {node.name}: operation {op!r} is not supported by the compiled runtime")
+
+    # -- memory ---------------------------------------------------------------------------------
+    def place_values(self, output: int) -> int:
+        """Arena offsets for every value (reusing dead buffers); returns the arena size."""
+        pk = self.pk
+        last = {}
+        for r, row in enumerate(self.rows):
+            for f in (pk.F_IN0, pk.F_IN1):
+                if row[f] >= 0:
+                    last[int(row[f])] = r
+        last[output] = len(self.rows)
+        arena = _Arena()
+        for r, row in enumerate(self.rows):
+            v = int(row[pk.F_OUT])
+            self.vals[v][0] = arena.take(int(np.prod(self.vals[v][1:])))
+            for f in (pk.F_IN0, pk.F_IN1):
+                u = int(row[f])
+                if u >= 0 and last.get(u) == r and u != v and (f == pk.F_IN0 or u != row[pk.F_IN0]):
+                    arena.give(self.vals[u][0], int(np.prod(self.vals[u][1:])))
+        return arena.size
+
+
+@dataclass
+class _Plan:
+    """Everything one input shape needs: the executor's tables and its arrays."""
+
+    ops: np.ndarray
+    vals: np.ndarray
+    arena: np.ndarray
+    fp: np.ndarray
+    u64: np.ndarray
+    i8: np.ndarray
+    i64: np.ndarray
+    pk: np.ndarray
+    x8: np.ndarray
+    output: int
+    uses_amx: bool
+
+
+def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int], *, impl: Optional[str] = None,
+               threads: int = 1) -> _Plan:
+    """The plan of the file's graph for an NCHW ``input_shape``."""
+    from . import _amx_kernels as ak
+
+    graph = meta.get("graph")
+    if not graph:
+        raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
+    nodes, output = fuse_graph(graph)
+    b = _Builder(meta, tensors, impl, threads)
+    n, c, h, w = input_shape
+    b.input(graph["input"]["name"], (n, h, w, c))
+    for node in nodes:
+        if node.op in ("binary_conv2d", "binary_linear"):
+            b.binary(node)
+        else:
+            b.float_node(node)
+    out = b.value_of[output]
+    size = b.place_values(out)
+    ops = np.stack(b.rows)
+    vals = np.asarray(b.vals, dtype=np.int64)
+    return _Plan(ops, vals, ak.aligned_empty(size, np.float32), b.fp.array(), b.u64.array(), b.i8.array(),
+                 b.i64.array(), ak.aligned_empty(b.pk_words, np.uint64), ak.aligned_empty(b.x8_bytes, np.int8),
+                 out, b.uses_amx)
+
+
+def _as_numpy(x: Any) -> tuple[np.ndarray, bool]:
+    """(float32 C-contiguous array, whether ``x`` was a torch tensor) - without importing torch."""
+    is_torch = type(x).__module__.startswith("torch")
+    if is_torch:
+        x = x.detach().cpu().float().contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32), is_torch
+
+
+class CompiledModel:
+    """A deployment file's network as one compiled call: ``model(x)`` -> logits.
+
+    ``x``: float (N, C, H, W) images as a numpy array or a torch tensor; the result is of the same
+    kind, float32 (N, classes). Plans are built per input shape and thread count and kept (a few).
+    Thread-safe: calls from several Python threads are serialised (the plan's buffers are shared).
+    """
+
+    def __init__(self, meta: dict, tensors: dict, *, impl: Optional[str] = None,
+                 num_threads: Optional[int] = None) -> None:
+        if not meta.get("graph"):
+            raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
+        self.metadata = meta
+        self.tensors = tensors
+        self.num_threads = num_threads
+        self.impl = impl
+        self.kernel = resolve_kernel(impl)
+        channels = meta["graph"]["input"].get("channels")  # None: the model flattens its input first
+        self.input_channels = None if channels is None else int(channels)
+        self._plans: dict[tuple, _Plan] = {}
+        self._lock = threading.Lock()
+
+    def set_kernel(self, impl: Optional[str]) -> None:
+        """Select the kernel path (None: ``RECU_DEPLOY_KERNEL`` / auto); plans are rebuilt."""
+        self.kernel = resolve_kernel(impl)
+        self.impl = impl
+        self._plans.clear()
+
+    def set_num_threads(self, n: Optional[int]) -> None:
+        """Kernel threads (None: numba's default, all cores)."""
+        self.num_threads = n
+
+    def _threads(self) -> int:
+        import numba
+
+        from ._numba_kernels import start_pool
+
+        start_pool()
+        n = self.num_threads or numba.config.NUMBA_NUM_THREADS
+        n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+        return n
+
+    def _check(self, x: np.ndarray) -> None:
+        c = self.input_channels
+        if x.ndim != 4 or (c is not None and x.shape[1] != c) or min(x.shape) < 1:
+            raise ValueError(f"expected images (N, {'C' if c is None else c}, H, W), got shape {tuple(x.shape)}")
+
+    def __call__(self, x: Any) -> Any:
+        arr, is_torch = _as_numpy(x)
+        self._check(arr)
+        if self.kernel == "numpy":
+            from .graph_numpy import run_graph
+
+            logits = run_graph(self.metadata, self.tensors, arr)
+        else:
+            logits = self._run(arr)
+        if is_torch:
+            import torch
+
+            return torch.from_numpy(logits)
+        return logits
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        from . import _plan_kernels as pk
+        from ._amx_kernels import TILE_CONFIG, request_amx
+
+        pk.ensure_fresh_cache()
+        with self._lock:
+            threads = self._threads()
+            key = (x.shape, threads)
+            plan = self._plans.get(key)
+            if plan is None:
+                if len(self._plans) >= 8:
+                    self._plans.clear()
+                plan = self._plans[key] = build_plan(self.metadata, self.tensors, x.shape, impl=self.impl,
+                                                     threads=threads)
+            if plan.uses_amx:
+                if not request_amx():  # an AMX instruction without the OS's grant is SIGILL
+                    raise RuntimeError("this process has no AMX tile state; use kernel 'avx512' or 'portable'")
+                pk.run_plan_amx(plan.ops, plan.vals, plan.arena, plan.fp, plan.u64, plan.i8, plan.i64, plan.pk,
+                                plan.x8, TILE_CONFIG, x)
+            else:
+                pk.run_plan(plan.ops, plan.vals, plan.arena, plan.fp, plan.u64, plan.pk, x)
+            o = plan.vals[plan.output]
+            n, h, w, c = (int(v) for v in o[1:])
+            return plan.arena[o[0]:o[0] + n * h * w * c].reshape(n, h * w * c).copy()
+
+    def __repr__(self) -> str:
+        spec = self.metadata.get("model_spec") or {}
+        return (f"CompiledModel({spec.get('name', 'model')!r}, kernel={self.kernel!r}, "
+                f"nodes={len(self.metadata['graph']['nodes'])})")
+
+
+def load_plan(path: Union[str, os.PathLike], *, impl: Optional[str] = None,
+              num_threads: Optional[int] = None) -> CompiledModel:
+    """A deployment file as a :class:`CompiledModel` (needs the graph that ``recu.deploy.export`` writes)."""
+    meta = read_metadata(path)
+    if not meta.get("graph"):
+        raise PlanError(f"{path}: {meta.get('graph_unsupported') or 'no graph (written by an older recu?)'}; "
+                        "load it with engine='layers' (needs PyTorch)")
+    if impl is not None:
+        resolve_kernel(impl)
+    if not numba_available() and resolve_kernel(impl) != "numpy":
+        raise RuntimeError("the compiled runtime needs numba (pip install recu-bnn[runtime]); or impl='numpy'")
+    return CompiledModel(meta, read_tensors(path), impl=impl, num_threads=num_threads)

@@ -1,0 +1,166 @@
+"""The compiled whole-network plan (recu.deploy.plan): same logits as PyTorch on every kernel path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recu import models
+from recu.deploy import export, load
+from recu.deploy.kernels import has_amx, has_avx2, has_vpopcntdq, numba_available
+
+from .test_export import randomize
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="the compiled plan needs numba")
+
+IMPLS = (["amx"] if has_amx() else []) + (["avx512"] if has_vpopcntdq() else []) \
+    + (["avx2"] if has_avx2() else []) + ["portable"]
+
+# (registry name, input size, batch); ImageNet models at 64x64 to keep the tests short.
+NETS = [("resnet20_1w1a", 32, 3), ("resnet18_1w1a", 32, 2), ("vgg_small_1w1a", 32, 2),
+        ("resnet18_1w1a_imagenet", 64, 2), ("reactnet_resnet18", 64, 2)]
+
+
+def _exported(tmp_path: Path, name: str, size: int) -> tuple[torch.nn.Module, Path]:
+    model = randomize(models.create(name, num_classes=10))
+    path = tmp_path / f"{name}.recu"
+    meta = export(model, path)
+    assert meta["graph"] is not None, meta.get("graph_unsupported")
+    return model, path
+
+
+def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def _close(a: np.ndarray, b: np.ndarray, rel: float) -> float:
+    """Largest |a - b| relative to the row's largest logit."""
+    return float(np.max(np.abs(a - b) / np.abs(b).max(axis=1, keepdims=True)))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,size,batch", NETS)
+def test_plan_matches_pytorch(tmp_path: Path, name: str, size: int, batch: int, impl: str) -> None:
+    model, path = _exported(tmp_path, name, size)
+    x = _images(batch, size)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+    plan = load(path, impl=impl, num_threads=1)
+    assert type(plan).__name__ == "CompiledModel"
+    out = plan(x)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ref.shape
+    assert _close(out, ref, 1e-5) <= 1e-5
+    assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name,size,batch", NETS[:2] + NETS[3:4])
+def test_plan_equals_numpy_graph_and_every_path(tmp_path: Path, name: str, size: int, batch: int) -> None:
+    """The binary layers give the same integers on every path, so the logits agree to float64 rounding."""
+    _, path = _exported(tmp_path, name, size)
+    x = _images(batch, size, seed=1)
+    reference = load(path, impl="numpy")(x)
+    for impl in IMPLS:
+        out = load(path, impl=impl, num_threads=1)(x)
+        np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max(), err_msg=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_plan_threads_and_batches(tmp_path: Path, impl: str) -> None:
+    """Two threads (parallel kernels on large work) and several batch sizes give the 1-thread result."""
+    _, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    x = _images(9, 32, seed=2)
+    one = load(path, impl=impl, num_threads=1)(x)
+    plan = load(path, impl=impl, num_threads=2)
+    np.testing.assert_array_equal(plan(x), one)
+    np.testing.assert_array_equal(plan(x[:1]), one[:1])  # a second shape: its own plan
+    np.testing.assert_array_equal(plan(x), one)            # the first plan, reused
+
+
+def test_plan_torch_in_torch_out_and_errors(tmp_path: Path) -> None:
+    model, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    plan = load(path, num_threads=1)
+    x = torch.from_numpy(_images(2, 32, seed=3))
+    out = plan(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    np.testing.assert_array_equal(out.numpy(), plan(x.numpy()))
+    with pytest.raises(ValueError, match=r"expected images \(N, 3, H, W\)"):
+        plan(np.zeros((2, 4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="expected images"):
+        plan(np.zeros((3, 32, 32), np.float32))
+    assert plan(x.numpy()).shape == (2, 10)  # still usable after bad input
+
+
+def test_layers_engine_is_the_reference(tmp_path: Path) -> None:
+    """engine='layers' keeps the per-layer PyTorch path, bit-identical to PyTorch on channels_last input."""
+    model, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    layers = load(path, engine="layers")
+    x = torch.from_numpy(_images(2, 32, seed=4)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(layers(x), model(x), rtol=0, atol=0)
+
+
+def test_arena_reuses_buffers(tmp_path: Path) -> None:
+    """Buffers of dead values are reused: ResNet-20's arena holds a few activations, not all ~50."""
+    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.plan import build_plan
+
+    _, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    plan = build_plan(read_metadata(path), read_tensors(path), (1, 3, 32, 32), impl="portable")
+    largest = 16 * 32 * 32
+    total = sum(int(np.prod(v[1:])) for v in plan.vals)
+    assert plan.arena.size <= 4 * largest < total
+
+
+@pytest.mark.parametrize("name", [n for n in models.available() if models.is_binary(n)])
+def test_every_registry_model_runs_as_a_plan(tmp_path: Path, name: str) -> None:
+    from .test_export import _input_shape
+
+    model = randomize(models.create(name))
+    path = tmp_path / f"{name}.recu"
+    meta = export(model, path)
+    if meta["graph"] is None:
+        pytest.skip(f"{name}: {meta['graph_unsupported']}")
+    x = np.random.default_rng(5).standard_normal((2, *_input_shape(name))).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+    got = load(path, num_threads=1)(x)
+    assert _close(got, want, 1e-5) <= 1e-5 and (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recu.deploy import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every kernel on numba's worker threads
+    _, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    plan = load(path, num_threads=2)
+    xs = [_images(2, 32, seed=10 + i) for i in range(6)]
+    want = [plan(x) for x in xs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(plan, xs))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_stale_kernel_cache_is_flushed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba validates a cached function against its own file only; the kernels' cache is flushed when
+    any of the compiled-kernel sources changed (a changed stamp empties every kernel's cache index)."""
+    from recu.deploy import _float_kernels as fk
+    from recu.deploy import _plan_kernels as pk
+
+    pk.ensure_fresh_cache()
+    cache = fk.conv2d_nhwc_serial._cache
+    stamp = Path(cache._cache_path) / pk._STAMP_FILE
+    assert stamp.read_text() == pk.source_stamp()
+    stamp.write_text("an older source")
+    flushed = []
+    monkeypatch.setattr(type(cache), "flush", lambda self: flushed.append(self))
+    monkeypatch.setattr(pk, "_FRESH", False)
+    pk.ensure_fresh_cache()
+    assert cache in flushed and pk.run_plan._cache in flushed
+    assert stamp.read_text() == pk.source_stamp()
+    pk.ensure_fresh_cache()  # once per process
+    assert flushed.count(cache) == 1
