@@ -36,7 +36,7 @@ def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-def _close(a: np.ndarray, b: np.ndarray, rel: float) -> float:
+def _close(a: np.ndarray, b: np.ndarray) -> float:
     """Largest |a - b| relative to the row's largest logit."""
     return float(np.max(np.abs(a - b) / np.abs(b).max(axis=1, keepdims=True)))
 
@@ -52,7 +52,7 @@ def test_plan_matches_pytorch(tmp_path: Path, name: str, size: int, batch: int, 
     assert type(plan).__name__ == "CompiledModel"
     out = plan(x)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ref.shape
-    assert _close(out, ref, 1e-5) <= 1e-5
+    assert _close(out, ref) <= 1e-5
     assert (out.argmax(1) == ref.argmax(1)).all()
 
 
@@ -127,7 +127,7 @@ def test_every_registry_model_runs_as_a_plan(tmp_path: Path, name: str) -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
     got = load(path, num_threads=1)(x)
-    assert _close(got, want, 1e-5) <= 1e-5 and (got.argmax(1) == want.argmax(1)).all()
+    assert _close(got, want) <= 1e-5 and (got.argmax(1) == want.argmax(1)).all()
 
 
 def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
