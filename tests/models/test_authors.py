@@ -171,8 +171,11 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     text.write_text("not a checkpoint\n")
     no_state = tmp_path / "no_state.pt"
     torch.save({"epoch": 3, "best_prec1": 1.0}, no_state)
+    pickled_code = tmp_path / "code.pth.tar"
+    torch.save({"state_dict": {}, "args": Path("x")}, pickled_code)  # needs weights_only=False
     cases = [
         (noise, "resnet20_1w1a", "not a readable PyTorch checkpoint"),
+        (pickled_code, "resnet20_1w1a", "not a readable PyTorch checkpoint: the weights-only unpickler refused"),
         (text, "resnet20_1w1a", "not a readable PyTorch checkpoint"),
         (no_state, "resnet20_1w1a", "need a dict with 'state_dict'"),
         (good, "vgg_small_1w1a", "has no fc.weight"),
@@ -183,6 +186,7 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message) as err:
             load_authors_checkpoint(path, name)
         assert "\n" not in str(err.value), str(err.value)
+        assert "weights_only=False" not in str(err.value)  # never advise running the file's code
     with pytest.raises(FileNotFoundError):
         load_authors_checkpoint(tmp_path / "missing.pth.tar", "resnet20_1w1a")
     with pytest.raises(ValueError, match="sign_at_zero"):

@@ -46,10 +46,11 @@ def test_other_files_are_one_line_errors(tmp_path: Path) -> None:
     torch.save({"fc.weight": torch.zeros(2, 2), "fn": Path("x")}, pickled_code)  # needs weights_only=False
     for path, message in [(noise, "not a readable PyTorch file"), (text, "not a readable PyTorch file"),
                           (other, "neither a recu checkpoint"), (binary_resnet, "not a torchvision"),
-                          (pickled_code, "not a readable PyTorch file")]:
+                          (pickled_code, "not a readable PyTorch file: the weights-only unpickler refused it")]:
         with pytest.raises(ValueError, match=message) as err:
             load_teacher(path)
         assert "\n" not in str(err.value) and str(path) in str(err.value)
+        assert "weights_only=False" not in str(err.value)  # never advise running the file's code
     with pytest.raises(FileNotFoundError):
         load_teacher(tmp_path / "missing.pth")
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from .._errors import error_line
 from ..functional import SIGN_AT_ZERO, SignAtZero
 from ..nn import BinaryConfig
 from .registry import create
@@ -101,9 +102,7 @@ def _read_state_dict(path: Union[str, os.PathLike]) -> tuple[dict[str, Any], dic
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the weights-only unpickler raises many types on foreign bytes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{os.fspath(path)} is not a readable PyTorch checkpoint (weights_only=True): "
-                         f"{first}") from None
+        raise ValueError(f"{os.fspath(path)} is not a readable PyTorch checkpoint: {error_line(e)}") from None
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("state_dict"), Mapping):
         return dict(ckpt), dict(ckpt["state_dict"])
     if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):

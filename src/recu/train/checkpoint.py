@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._errors import error_line
+
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "rng_state", "set_rng_state", "error_line"]
 
 
@@ -44,23 +46,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"checkpoint {path} is not a recu checkpoint (no 'model' entry)")
     return state
-
-
-def error_line(e: BaseException) -> str:
-    """One line for an exception of ``torch.load``: its type and the line that says what is wrong.
-
-    torch's weights-only refusal runs to a dozen lines whose first advises ``weights_only=False``
-    (running the file's code); the unpickler's own reason (e.g. "Unsupported operand 180") is kept.
-    """
-    text = str(e).strip()
-    if not text:
-        return type(e).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines[0].startswith("Weights only load failed"):
-        after = text.split("WeightsUnpickler error:", 1)
-        reason = next((line.strip() for line in after[1].splitlines() if line.strip()), "") if len(after) > 1 else ""
-        return f"the weights-only unpickler refused it ({reason or 'not a torch.save file'})"
-    return f"{type(e).__name__}: {lines[0]}"
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

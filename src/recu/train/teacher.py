@@ -9,6 +9,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from .._errors import error_line
+
 __all__ = ["load_teacher"]
 
 
@@ -34,8 +36,7 @@ def load_teacher(path: Union[str, os.PathLike]) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the weights-only unpickler raises many types on foreign bytes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{source} is not a readable PyTorch file (weights_only=True): {first}") from None
+        raise ValueError(f"{source} is not a readable PyTorch file: {error_line(e)}") from None
     if isinstance(state, dict) and "model" in state and "model_spec" in state:
         return model_from_checkpoint(state, source)
     if isinstance(state, dict) and "fc.weight" in state and all(isinstance(v, Tensor) for v in state.values()):
