@@ -101,3 +101,15 @@ def test_load_runs_the_network_without_torch(fixture_dir: Path) -> None:
     assert type(model).__name__ == "CompiledModel"
     np.testing.assert_array_equal(model(x[:1]), logits[:1])  # batch 1: its own plan, the same numbers
     assert "torch" not in sys.modules
+
+
+def test_the_cli_says_which_commands_need_pytorch(capsys: pytest.CaptureFixture[str]) -> None:
+    from recu.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "convert-authors" in capsys.readouterr().out
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "recu models: error: this command needs PyTorch: pip install recu-bnn[torch] (or torch itself)"
+    assert "torch" not in sys.modules

@@ -42,6 +42,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"recu {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        # a runtime-only install (pip install recu-bnn[runtime]) has no PyTorch; say what to install
+        from .._lazy import TORCH_HINT
+
+        print(f"recu {args.command}: error: this command needs PyTorch: {TORCH_HINT}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,18 +8,29 @@ import argparse
 _DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100", 1000: "imagenet"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..models.authors import AUTHORS_MODELS
+def _authors_models() -> dict[str, tuple[str, str]]:
+    """The convertible models; empty where PyTorch is not installed (the command then says so when run)."""
+    try:
+        from ..models.authors import AUTHORS_MODELS
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        return {}
+    return AUTHORS_MODELS
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = _authors_models()
     c = sub.add_parser(
         "convert-authors", help="convert a checkpoint of the ReCU authors' code into a recu checkpoint",
         description="Read a checkpoint the authors' main.py saved (a dict with 'state_dict', keys with or "
                     "without 'module.') and write a recu checkpoint that `recu eval`, the analysis commands "
                     "and (with --sign-at-zero plus_one) `recu export` read.")
     c.add_argument("checkpoint", help="the authors' file, e.g. model_best.pth.tar")
-    c.add_argument("--model", required=True, choices=sorted(AUTHORS_MODELS), metavar="NAME",
-                   help="which recu model it is: " + ", ".join(
-                       f"{n} (their {a} from {f.split('/')[0]}/)" for n, (a, f) in sorted(AUTHORS_MODELS.items())))
+    c.add_argument("--model", required=True, choices=sorted(models) or None, metavar="NAME",
+                   help="which recu model it is: " + (", ".join(
+                       f"{n} (their {a} from {f.split('/')[0]}/)" for n, (a, f) in sorted(models.items()))
+                       or "(needs PyTorch)"))
     c.add_argument("-o", "--output", required=True, help="the recu checkpoint to write, e.g. resnet20.pt")
     c.add_argument("--sign-at-zero", choices=["zero", "plus_one"], default="zero",
                    help="zero (default): binarise exactly 0 to 0 like the authors' torch.sign, so outputs are "
