@@ -16,23 +16,9 @@ from recu import functional as RF
 from recu.deploy import PackedConv2d, export, load, read_metadata
 from recu.deploy.kernels import has_amx, has_vpopcntdq, numba_available
 
+from ._helpers import randomize
+
 IMPLS = (["amx"] if has_amx() else []) + (["avx512"] if has_vpopcntdq() else []) + (["portable"] if numba_available() else ["numpy"])
-
-
-def randomize(model: nn.Module) -> nn.Module:
-    """Random BatchNorm statistics and affines (so folding is really tested), eval mode."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.randn(c, generator=g) * 0.5 + 1.0)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-            if isinstance(m, ReCUConv2d) and m.alpha is not None:
-                m.alpha.copy_(torch.rand(m.alpha.shape, generator=g) + 0.1)
-    return model.eval()
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

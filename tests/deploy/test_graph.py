@@ -24,7 +24,7 @@ from recu.models._common import PadShortcut
 from recu.models.reactnet import LearnableBias
 from recu.nn import ReCULinear
 
-from .test_export import randomize
+from ._helpers import randomize
 
 # name, input shape, exact op counts of the graph (worked out from each model's forward). The large
 # networks run one image: NumPy's reference binary conv is slow.

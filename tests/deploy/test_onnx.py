@@ -28,23 +28,7 @@ from recu.cli import main  # noqa: E402
 from recu.deploy import export_onnx  # noqa: E402
 from recu.deploy.onnx_export import DEFAULT_OPSET, default_input_shape, onnxruntime_session  # noqa: E402
 
-
-def randomize(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affines and random alphas (the init's are 0/1), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.randn(c, generator=g) * 0.5 + 1.0)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-            if isinstance(m, (ReCUConv2d, ReCUConv1d, ReCULinear)) and m.alpha is not None:
-                m.alpha.copy_(torch.rand(m.alpha.shape, generator=g) + 0.1)
-            if isinstance(m, (ReCUConv2d, ReCUConv1d, ReCULinear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-    return model.eval()
+from ._helpers import randomize  # noqa: E402
 
 
 def session(path: Path, kind: str) -> "ort.InferenceSession":

@@ -12,7 +12,7 @@ from recu import models
 from recu.deploy import export, load
 from recu.deploy.kernels import has_amx, has_avx2, has_vpopcntdq, numba_available
 
-from .test_export import randomize
+from ._helpers import randomize
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="the compiled plan needs numba")
 
