@@ -67,3 +67,23 @@ def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bo
     got = P.pack_activations(x, impl)
     want = P.pack_signs_numpy(RF.sign(x).permute(0, 2, 3, 1))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.skipif(not COMPILED, reason="needs numba")
+@pytest.mark.parametrize("c", CHANNELS + [16, 32])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_plan_packer_of_flat_nhwc_matches_reference(c: int, parallel: bool) -> None:
+    # The compiled plan packs each binary conv's float NHWC input with pack_nhwc: full words and the
+    # partial last word by vector compares, the tensor's last pixels (no 64 floats left) scalar.
+    from recu.deploy import _numba_kernels as nk
+
+    x = torch.randn(2, 5, 4, c)
+    x[0, 0, 0] = 0.0
+    x[1, 1, 1, 0] = -0.0  # -0.0 >= 0: +1, as RF.sign
+    x[1, 2, 2, -1] = float("nan")  # NaN: -1, as RF.sign
+    x[1, -1, -1] = -x[1, -1, -1].abs()  # the very last pixel (the scalar tail) all -1 ...
+    x[1, -1, -1, 0] = 1.0  # ... but its first channel
+    flat = x.numpy().reshape(-1)
+    words = np.full((2 * 5 * 4, P.num_words(c)), np.uint64(0xFFFFFFFFFFFFFFFF))  # stale bits must go
+    (nk.pack_nhwc if parallel else nk.pack_nhwc_serial)(flat, c, words)
+    assert np.array_equal(words.reshape(2, 5, 4, -1), P.pack_signs_numpy(RF.sign(x)))

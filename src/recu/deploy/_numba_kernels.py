@@ -345,10 +345,17 @@ def _pack_nhwc_pixel(q, x, c_, out):  # type: ignore[no-untyped-def]
     for j in range(full):
         out[q, j] = sign_bits64(x, base + j * 64)
     if full < cw_:  # the last, partial word: pad bits stay 0
-        word = np.uint64(0)
-        for c in range(full * 64, c_):
-            word |= np.uint64(x[base + c] >= 0) << np.uint64(c - full * 64)
-        out[q, full] = word
+        start = base + full * 64
+        rem = c_ - full * 64
+        if start + 64 <= x.size:
+            # One vector compare of 64 floats (the next pixels' too), the bits past this pixel's
+            # channels masked off: a 16-channel layer's pack cost 16 scalar compares per pixel.
+            out[q, full] = sign_bits64(x, start) & ((np.uint64(1) << np.uint64(rem)) - np.uint64(1))
+        else:  # the last pixels of the tensor: no 64 floats left to load
+            word = np.uint64(0)
+            for c in range(rem):
+                word |= np.uint64(x[start + c] >= 0) << np.uint64(c)
+            out[q, full] = word
 
 
 @_jit(parallel=True)
