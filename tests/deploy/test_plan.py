@@ -164,3 +164,31 @@ def test_stale_kernel_cache_is_flushed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert stamp.read_text() == pk.source_stamp()
     pk.ensure_fresh_cache()  # once per process
     assert flushed.count(cache) == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,size", [("resnet20_1w1a", 32), ("resnet18_1w1a_imagenet", 64)])
+def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                 size: int, impl: str) -> None:
+    """Each residual add (+ hardtanh) runs inside the binary conv that feeds it - also where the skip
+    is computed after the conv (ResNet-20's pooled shortcut, ResNet-18's downsample) - except on the
+    AMX path, which keeps its own add rows; the logits are bit-identical to the unfused plan."""
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    _, path = _exported(tmp_path, name, size)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    fused = P.build_plan(meta, tensors, (2, 3, size, size), impl=impl)
+    binary_ops = [pk.OP_BCONV_AVX512, pk.OP_BCONV_AVX2, pk.OP_BCONV_PORTABLE, pk.OP_BCONV_AMX8, pk.OP_BCONV_AMX1]
+    convs = fused.ops[np.isin(fused.ops[:, pk.F_OP], binary_ops)]
+    on_amx = int(np.isin(convs[:, pk.F_OP], [pk.OP_BCONV_AMX8, pk.OP_BCONV_AMX1]).sum())
+    assert len(convs) == len([layer for layer in meta["binary_layers"]])
+    assert int((fused.ops[:, pk.F_OP] == pk.OP_ADD_ACT).sum()) == on_amx  # every other add is fused
+    assert int((convs[:, pk.F_IN1] >= 0).sum()) == len(convs) - on_amx
+    x = _images(2, size, seed=5)
+    got = load(path, impl=impl, num_threads=1)(x)
+    monkeypatch.setattr(P, "fuse_residuals", lambda nodes, output: (nodes, output))
+    unfused = P.build_plan(meta, tensors, (2, 3, size, size), impl=impl)
+    assert int((unfused.ops[:, pk.F_OP] == pk.OP_ADD_ACT).sum()) == len(convs)
+    np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))

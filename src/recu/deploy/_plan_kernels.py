@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from numba import prange
 
 from . import _amx_kernels as ak
 from . import _float_kernels as fk
@@ -149,9 +150,40 @@ def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg):  # type
                                     dummy, epi, out2, True, cfg, chunks)
 
 
+# Parameter columns of a binary conv row fused with the residual add that consumes it (F_IN1 >= 0):
+# the add's activation code and the offset of its bounds in ``fp`` (after every kernel's own columns).
+P_RES_ACT, P_RES_BOUNDS = 20, 21
+
+
 @_jit()
-def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk):  # type: ignore[no-untyped-def]
-    """One XNOR-popcount binary conv row: pack the signs, then the kernel with its float epilogue."""
+def _conv_rows_res(kind, r0, r1, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, res,
+                   lo, hi):  # type: ignore[no-untyped-def]
+    """Output rows [r0, r1) of a binary conv, each followed at once (still in L1) by ``act(row + res)``:
+    the residual add and activation of a skip connection without a pass of their own."""
+    for r in range(r0, r1):
+        if kind == OP_BCONV_AVX512:
+            nk._conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
+        elif kind == OP_BCONV_AVX2:
+            nk._conv_avx2_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
+        else:
+            nk._conv_portable_row(r, a.reshape((out.shape[0], h_, w_, cw_)), wb.reshape((c_out, kh_, kw_, cw_)),
+                                  c_in, sh, sw, ph, pw, d4, epi, out, True)
+        fk._add_act_row(r, out, res, lo, hi, out)
+
+
+@_jit(parallel=True)
+def _conv_res_parallel(kind, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, res,
+                       lo, hi):  # type: ignore[no-untyped-def]
+    rows = out.shape[0] * out.shape[1]
+    for r in prange(rows):
+        _conv_rows_res(kind, r, r + 1, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out,
+                       res, lo, hi)
+
+
+@_jit()
+def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-untyped-def]
+    """One XNOR-popcount binary conv row: pack the signs, then the kernel with its float epilogue
+    (and, when ``res`` has the output's shape, the fused residual add and activation)."""
     n_, h_, w_, c_ = x.shape
     c_out, kh_, kw_, sh, sw, ph, pw = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
     epi = fp[p[7]:p[7] + 4 * c_out]
@@ -164,6 +196,15 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk):  # type: ignore[
     else:
         nk.pack_nhwc_serial(xf, c_, a2)
     dummy4 = np.empty((1, 1, 1, 1), np.int32)
+    if res.shape == out.shape:
+        lo, hi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
+        if par:
+            _conv_res_parallel(op, a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, res,
+                               lo, hi)
+        else:
+            _conv_rows_res(op, 0, out.shape[0] * out.shape[1], a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph,
+                           pw, dummy4, epi, out, res, lo, hi)
+        return
     if op == OP_BCONV_AVX512:
         if par:
             nk.conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
@@ -276,10 +317,12 @@ def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def
         return False
     v0 = ops[r, F_IN0]
     x = _view(arena, vals, v0)
-    if op <= OP_BCONV_PORTABLE:
-        _binary_conv_popcount(op, p, par, x, _flat(arena, vals, v0), out, fp, u64, pk)
-        return True
     v1 = ops[r, F_IN1]
+    if op <= OP_BCONV_PORTABLE:
+        # F_IN1: the residual of a fused skip connection; else a 0-size view (no fusion)
+        res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
+        _binary_conv_popcount(op, p, par, x, _flat(arena, vals, v0), out, fp, u64, pk, res)
+        return True
     _float_op(op, p, par, x, _view(arena, vals, v1 if v1 >= 0 else v0), out, fp)
     return True
 

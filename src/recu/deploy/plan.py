@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -113,6 +113,7 @@ class _Node:
     act: int = ACT_NONE
     lo: float = -1.0
     hi: float = 1.0
+    residual: Optional[str] = None  # binary conv: the skip connection added to its output (then ``act``)
 
 
 def _act_of(node: dict) -> tuple[int, float, float]:
@@ -148,6 +149,30 @@ def fuse_graph(graph: dict) -> tuple[list[_Node], str]:
         out.append(node)
         by_name[node.name] = node
     return out, renamed.get(graph["output"], graph["output"])
+
+
+def fuse_residuals(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
+    """Fold each ``add`` (with its activation) into a binary conv that feeds that add alone: the conv's
+    row then adds the skip connection and applies the activation to each output row while it is still
+    in cache, instead of a pass of its own. The fused node runs where the add ran (both the conv's
+    input and the skip exist there) under the add's name, so the add's users read it unchanged."""
+    users: dict[str, int] = {output: 1}
+    for nd in nodes:
+        for i in nd.inputs:
+            users[i] = users.get(i, 0) + 1
+    by_name = {nd.name: nd for nd in nodes}
+    moved: set[int] = set()
+    out: list[_Node] = []
+    for nd in nodes:
+        if nd.op == "add" and len(nd.inputs) == 2 and nd.inputs[0] != nd.inputs[1]:
+            for mine, other in (nd.inputs, nd.inputs[::-1]):
+                conv = by_name.get(mine)
+                if conv is not None and conv.op == "binary_conv2d" and users.get(mine) == 1:
+                    moved.add(id(conv))
+                    nd = replace(conv, name=nd.name, residual=other, act=nd.act, lo=nd.lo, hi=nd.hi)
+                    break
+        out.append(nd)
+    return [nd for nd in out if id(nd) not in moved], output
 
 
 class _Builder:
@@ -229,14 +254,22 @@ class _Builder:
         weights = PackedConvWeights(bits, c_in)
         epi = epilogue_table(c_out, *(self.tensors[f"binary.{name}.{k}"] for k in ("alpha", "bias", "bn_scale",
                                                                                        "bn_shift")))
-        v = self._value(node.name, (n, oh, ow, c_out))
+        if node.residual is not None and self.shape(node.residual) != (n, oh, ow, c_out):
+            raise PlanError(f"node {node.name}: adds {self.shape(node.residual)} to {(n, oh, ow, c_out)}")
         kind = layer_kernel(self.impl, c_in)
         cw = bits.shape[3]
         work = n * oh * ow * bits.size // 8
         params = [c_out, kh, kw, sh, sw, ph, pw, self.fp.add(epi)]
         if kind == "amx":
+            # The AMX kernel writes 16-pixel tiles, not rows: its skip connection stays a row of its own.
+            conv = f"{node.name}.conv" if node.residual is not None else node.name
+            v = self._value(conv, (n, oh, ow, c_out))
             self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
+            if node.residual is not None:
+                out = self._value(node.name, (n, oh, ow, c_out))
+                self._row(self.pk.OP_ADD_ACT, [conv, node.residual], out, self._act_params(node), n * oh * ow * c_out)
             return
+        v = self._value(node.name, (n, oh, ow, c_out))
         self.pk_words = max(self.pk_words, n * h * w * cw)
         if kind == "avx512":
             op, wb = self.pk.OP_BCONV_AVX512, weights.blocked()
@@ -245,7 +278,11 @@ class _Builder:
         else:
             op, wb = self.pk.OP_BCONV_PORTABLE, weights.bits
         params += [self.u64.add(wb), wb.size]
-        self._row(op, node.inputs, v, params, work)
+        ins = node.inputs
+        if node.residual is not None:
+            ins = [node.inputs[0], node.residual]
+            params += [0] * (self.pk.P_RES_ACT - len(params)) + self._act_params(node)
+        self._row(op, ins, v, params, work)
 
     def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
              node: _Node, v: int) -> None:
@@ -383,7 +420,7 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     graph = meta.get("graph")
     if not graph:
         raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
-    nodes, output = fuse_graph(graph)
+    nodes, output = fuse_residuals(*fuse_graph(graph))
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
     b.input(graph["input"]["name"], (n, h, w, c))
