@@ -192,3 +192,31 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     unfused = P.build_plan(meta, tensors, (2, 3, size, size), impl=impl)
     assert int((unfused.ops[:, pk.F_OP] == pk.OP_ADD_ACT).sum()) == len(convs)
     np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
+
+
+@pytest.mark.parametrize("impl", IMPLS[:1] + ["portable"])
+@pytest.mark.parametrize("name,size,fused_bns", [("resnet20_1w1a", 32, 1), ("resnet18_1w1a_imagenet", 64, 4)])
+def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int,
+                                           fused_bns: int, impl: str) -> None:
+    """The BatchNorm (+ hardtanh) after a float conv - the stem, ResNet-18's three downsample convs -
+    runs inside the conv's row; bit-identical to the separate row, with one or two threads."""
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    _, path = _exported(tmp_path, name, size)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    shape = (2, 3, size, size)
+    affine = lambda plan: int((plan.ops[:, pk.F_OP] == pk.OP_AFFINE_ACT).sum())  # noqa: E731
+    fused = P.build_plan(meta, tensors, shape, impl=impl)
+    assert int((fused.ops[fused.ops[:, pk.F_OP] == pk.OP_CONV][:, pk.F_P + pk.P_CONV_BN] == 1).sum()) == fused_bns
+    x = _images(2, size, seed=6)
+    got = load(path, impl=impl, num_threads=1)(x)
+    from recu.deploy import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
+    np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=2)(x))
+    monkeypatch.setattr(P, "fuse_conv_batch_norm", lambda nodes, output: (nodes, output))
+    unfused = P.build_plan(meta, tensors, shape, impl=impl)
+    assert affine(unfused) == affine(fused) + fused_bns
+    np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))

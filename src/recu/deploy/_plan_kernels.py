@@ -224,6 +224,26 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
             nk.conv_portable_serial(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
 
 
+# Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:
+# 1 when fused, then the offsets of the BatchNorm's scale and shift in ``fp``.
+P_CONV_BN, P_BN_SCALE, P_BN_SHIFT = 10, 11, 12
+
+
+@_jit()
+def _conv_bn_rows(r0, r1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
+    """Output rows [r0, r1) of a float conv, each followed at once (still in cache) by its
+    BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
+    for r in range(r0, r1):
+        fk._conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+        fk._affine_act_row(r, out, scale, shift, lo, hi, out)
+
+
+@_jit(parallel=True)
+def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
+    for r in prange(out.shape[0] * out.shape[1]):
+        _conv_bn_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out)
+
+
 @_jit()
 def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
     """One full-precision row; p: its parameter columns (see ``plan``'s row builders)."""
@@ -232,7 +252,16 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
         kh_, kw_, c_in, c_out = p[2], p[3], x.shape[3], out.shape[3]
         w = fp[p[4]:p[4] + kh_ * kw_ * c_in * c_out].reshape((kh_, kw_, c_in, c_out))
         bias = fp[p[5]:p[5] + c_out]
-        if par:
+        if p[P_CONV_BN] != 0:
+            fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], out)
+            scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
+            lo32, hi32 = fk._act_bounds(act, lo, hi)
+            if par:
+                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, out)
+            else:
+                _conv_bn_rows(0, out.shape[0] * out.shape[1], x, w, bias, p[6], p[7], p[8], p[9], scale, shift,
+                              lo32, hi32, out)
+        elif par:
             fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out)
         else:
             fk.conv2d_nhwc_serial(x, w, bias, p[6], p[7], p[8], p[9], out)

@@ -4,7 +4,8 @@
 :func:`recu.deploy.export` writes, ``docs/file-format.md``) and returns a :class:`CompiledModel`:
 numpy (or torch) NCHW images in, logits out. For each input shape it builds a plan once - the
 graph's operations as rows of an int64 table, with BatchNorm + activation and add + activation
-fused, every activation at a fixed offset of one float32 arena (buffers reused once their last
+fused, a residual add + activation run inside the binary conv that feeds it and a BatchNorm +
+activation inside the float conv that feeds it (row by row, while the row is in cache), every activation at a fixed offset of one float32 arena (buffers reused once their last
 reader has run), the parameters and binary weights in flat arrays laid out for the chosen
 kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
 Without numba the same graph runs on NumPy (:mod:`recu.deploy.graph_numpy`), slowly.
@@ -114,6 +115,7 @@ class _Node:
     lo: float = -1.0
     hi: float = 1.0
     residual: Optional[str] = None  # binary conv: the skip connection added to its output (then ``act``)
+    bn: Optional["_Node"] = None  # float conv: the BatchNorm applied to its output (then ``act``)
 
 
 def _act_of(node: dict) -> tuple[int, float, float]:
@@ -171,6 +173,27 @@ def fuse_residuals(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
                     moved.add(id(conv))
                     nd = replace(conv, name=nd.name, residual=other, act=nd.act, lo=nd.lo, hi=nd.hi)
                     break
+        out.append(nd)
+    return [nd for nd in out if id(nd) not in moved], output
+
+
+def fuse_conv_batch_norm(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
+    """Fold each ``batch_norm`` (with its activation) into the float conv that feeds it alone: the conv
+    row applies it to each output row while it is in cache (the same float32 steps; not folded into
+    the weights, which would round differently). The fused node takes the BatchNorm's name and place."""
+    users: dict[str, int] = {output: 1}
+    for nd in nodes:
+        for i in nd.inputs:
+            users[i] = users.get(i, 0) + 1
+    by_name = {nd.name: nd for nd in nodes}
+    moved: set[int] = set()
+    out: list[_Node] = []
+    for nd in nodes:
+        conv = by_name.get(nd.inputs[0]) if nd.op == "batch_norm" and nd.inputs else None
+        if (conv is not None and conv.op == "conv2d" and conv.bn is None and conv.act == ACT_NONE
+                and users.get(conv.name) == 1):
+            moved.add(id(conv))
+            nd = replace(conv, name=nd.name, bn=nd, act=nd.act, lo=nd.lo, hi=nd.hi)
         out.append(nd)
     return [nd for nd in out if id(nd) not in moved], output
 
@@ -322,6 +345,9 @@ class _Builder:
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
             v = self._value(node.name, (n, oh, ow, o))
             params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
+            if node.bn is not None:
+                assert len(params) == pk.P_CONV_BN
+                params += [1, self.fp.add(self._tensor(node.bn, "scale")), self.fp.add(self._tensor(node.bn, "shift"))]
             self._row(pk.OP_CONV, node.inputs, v, params, n * oh * ow * o * c * kh * kw // 8)
         elif op == "batch_norm":
             v = self._value(node.name, (n, h, w, c))
@@ -420,7 +446,7 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     graph = meta.get("graph")
     if not graph:
         raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
-    nodes, output = fuse_residuals(*fuse_graph(graph))
+    nodes, output = fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph)))
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
     b.input(graph["input"]["name"], (n, h, w, c))
