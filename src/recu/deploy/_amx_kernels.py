@@ -361,11 +361,30 @@ def sign_nhwc_padded_serial(x, n_, h_, w_, c_, ph, pw, cp_, y):  # type: ignore[
     y[n_ * hp * wp * cp_:] = 0
 
 
+@_jit(inline="always")
+def _add_residual(acc_rows, pix, q0, o0, width, out_f, res, rlo, rhi):  # type: ignore[no-untyped-def]
+    """``out_f = clamp(out_f + res, rlo, rhi)`` on the block just written (its pixels, ``width`` channels
+    from ``o0``): the plan's fused skip connection, applied while the block is in L1. The clamp is
+    PyTorch's (NaN and -0.0 pass through)."""
+    for q in range(acc_rows):
+        p = pix[q0 + q]
+        if p >= 0:
+            for j in range(o0, o0 + width):
+                v = out_f[p, j] + res[p, j]
+                if v < rlo:
+                    v = rlo
+                if v > rhi:
+                    v = rhi
+                out_f[p, j] = v
+
+
 @_jit()
-def _blocks(lo, hi, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg):  # type: ignore[no-untyped-def]
+def _blocks(lo, hi, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """Register blocks ``lo <= b < hi``: block b is pixel-tile group ``b // NB``, output channels ``16 (b % NB)``.
 
     Output channels vary fastest, so a group's input tiles stay in L1 while the weights stream by.
+    ``res``: a (pixels, C_out) float32 skip connection added (then clamped to [rlo, rhi]) to each
+    block after its epilogue, or a 0-row array for none.
     """
     steps = toff.shape[0]
     nb_ = (c_out + TILE_ROWS - 1) // TILE_ROWS
@@ -382,15 +401,17 @@ def _blocks(lo, hi, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, 
         width = min(TILE_ROWS, c_out - o0)
         if width == TILE_ROWS:
             write_rows(acc, pix, g * GROUP * TILE_ROWS, out_i, epi, out_f, o0, affine)
-            continue
-        for q in range(GROUP * TILE_ROWS):
-            p = pix[g * GROUP * TILE_ROWS + q]
-            if p >= 0:
-                for j in range(width):
-                    if affine:
-                        out_f[p, o0 + j] = epilogue(acc[q * TILE_ROWS + j], epi, c_out, o0 + j)
-                    else:
-                        out_i[p, o0 + j] = acc[q * TILE_ROWS + j]
+        else:
+            for q in range(GROUP * TILE_ROWS):
+                p = pix[g * GROUP * TILE_ROWS + q]
+                if p >= 0:
+                    for j in range(width):
+                        if affine:
+                            out_f[p, o0 + j] = epilogue(acc[q * TILE_ROWS + j], epi, c_out, o0 + j)
+                        else:
+                            out_i[p, o0 + j] = acc[q * TILE_ROWS + j]
+        if res.shape[0] > 0:
+            _add_residual(GROUP * TILE_ROWS, pix, g * GROUP * TILE_ROWS, o0, width, out_f, res, rlo, rhi)
     tile_release()
 
 
@@ -407,20 +428,24 @@ def conv_amx(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine,
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
     for ch in prange(chunks):
         _blocks(ch * total // chunks, (ch + 1) * total // chunks, x, wb, toff, abase, astride, pix, c_out,
-                out_i, epi, out_f, affine, cfg)
+                out_i, epi, out_f, affine, cfg, out_f[:0], np.float32(0), np.float32(0))
 
 
 @_jit()
 def conv_amx_serial(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, chunks):  # type: ignore[no-untyped-def]
     """:func:`conv_amx` on the calling thread (``chunks`` is ignored)."""
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
-    _blocks(0, total, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg)
+    _blocks(0, total, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, out_f[:0], np.float32(0),
+            np.float32(0))
 
 
 @_jit(parallel=True)
 def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f,
-                  affine, cfg, chunks):  # type: ignore[no-untyped-def]
-    """:func:`sign_nhwc_padded_serial` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call."""
+                  affine, cfg, chunks, res, rlo, rhi):  # type: ignore[no-untyped-def]
+    """:func:`sign_nhwc_padded_serial` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call.
+
+    ``res``, ``rlo``, ``rhi``: a skip connection added to the output, then clamped (see :func:`_blocks`);
+    ``res`` with 0 rows for none."""
     hp, wp = h_ + 2 * ph, w_ + 2 * pw
     for r in prange(n_ * hp):
         _sign_row(r, xf, h_, w_, c_, ph, pw, hp, wp, cp_, x8)
@@ -428,16 +453,16 @@ def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride,
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
     for ch in prange(chunks):
         _blocks(ch * total // chunks, (ch + 1) * total // chunks, x8, wb, toff, abase, astride, pix, c_out,
-                out_i, epi, out_f, affine, cfg)
+                out_i, epi, out_f, affine, cfg, res, rlo, rhi)
 
 
 @_jit()
 def sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi,
-                         out_f, affine, cfg, chunks):  # type: ignore[no-untyped-def]
+                         out_f, affine, cfg, chunks, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """:func:`sign_conv_amx` on the calling thread (``chunks`` is ignored)."""
     sign_nhwc_padded_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8)
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
-    _blocks(0, total, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg)
+    _blocks(0, total, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, res, rlo, rhi)
 
 
 @_jit()

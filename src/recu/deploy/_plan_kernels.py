@@ -119,8 +119,9 @@ def _flat(arena, vals, v):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg):  # type: ignore[no-untyped-def]
-    """One AMX binary conv row: sign to int8 with zero padding and the tile products in one call."""
+def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg, res):  # type: ignore[no-untyped-def]
+    """One AMX binary conv row: sign to int8 with zero padding and the tile products in one call
+    (and, when ``res`` has the output's shape, the fused residual add and activation per tile block)."""
     n_, h_, w_, c_ = x.shape
     c_out, ph, pw = p[0], p[5], p[6]
     epi = fp[p[7]:p[7] + 4 * c_out]
@@ -130,24 +131,29 @@ def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg):  # type
     pix = i64[p[14]:p[14] + p[15]]
     astride, cp_, chunks = p[16], p[17], p[18]
     out2 = out.reshape((out.shape[0] * out.shape[1] * out.shape[2], c_out))
+    res2 = out2[:0]
+    rlo, rhi = np.float32(0), np.float32(0)
+    if res.shape == out.shape:
+        res2 = res.reshape(out2.shape)
+        rlo, rhi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
     dummy = np.empty((1, 1), np.int32)
     xb = x8[:p[19]]
     if op == OP_BCONV_AMX8:
         wb8 = i8[w0:w0 + wn]
         if par:
             ak.sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb8, toff, abase, astride, pix, c_out, dummy,
-                             epi, out2, True, cfg, chunks)
+                             epi, out2, True, cfg, chunks, res2, rlo, rhi)
         else:
             ak.sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb8, toff, abase, astride, pix, c_out,
-                                    dummy, epi, out2, True, cfg, chunks)
+                                    dummy, epi, out2, True, cfg, chunks, res2, rlo, rhi)
     else:
         wb1 = u64[w0:w0 + wn]
         if par:
             ak.sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb1, toff, abase, astride, pix, c_out, dummy,
-                             epi, out2, True, cfg, chunks)
+                             epi, out2, True, cfg, chunks, res2, rlo, rhi)
         else:
             ak.sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, xb, wb1, toff, abase, astride, pix, c_out,
-                                    dummy, epi, out2, True, cfg, chunks)
+                                    dummy, epi, out2, True, cfg, chunks, res2, rlo, rhi)
 
 
 # Parameter columns of a binary conv row fused with the residual add that consumes it (F_IN1 >= 0):
@@ -368,6 +374,8 @@ def run_plan_amx(ops, vals, arena, fp, u64, i8, i64, pk, x8, cfg, x_in):  # type
     """:func:`run_plan` with AMX rows (compiled only where the CPU has AMX: the tile instructions)."""
     for r in range(ops.shape[0]):
         if not _row(r, ops, vals, arena, fp, u64, pk, x_in):
-            v0 = ops[r, F_IN0]
+            v0, v1 = ops[r, F_IN0], ops[r, F_IN1]
+            res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
             _binary_conv_amx(ops[r, F_OP], ops[r, F_P:], ops[r, F_PARALLEL] != 0, _view(arena, vals, v0),
-                             _flat(arena, vals, v0), _view(arena, vals, ops[r, F_OUT]), fp, u64, i8, i64, x8, cfg)
+                             _flat(arena, vals, v0), _view(arena, vals, ops[r, F_OUT]), fp, u64, i8, i64, x8, cfg,
+                             res)

@@ -524,7 +524,8 @@ def binary_conv2d_float(
     n_, h_, w_, c_, ph, pw, cp, nbytes, toff, abase, astride, pix = args
     nk.launch(ak.sign_conv_amx if parallel else ak.sign_conv_amx_serial, nhwc.reshape(-1), n_, h_, w_,
               c_, ph, pw, cp, ak.input_buffer(nbytes), weights.amx_tiles(), toff, abase, astride, pix, c_out,
-              out_i, epilogue if affine else _NO_EPILOGUE, out_f, affine, ak.TILE_CONFIG, chunks)
+              out_i, epilogue if affine else _NO_EPILOGUE, out_f, affine, ak.TILE_CONFIG, chunks, out_f[:0],
+              np.float32(0), np.float32(0))
     return out
 
 
@@ -570,7 +571,8 @@ def amx_kernel_asm() -> str:
     w = PackedConvWeights(np.zeros((16, 1, 1, 1), dtype=np.uint64), 64)
     toff, abase, astride, pix, nbytes = ak.plan(1, 1, 1, 1, 1, 1, 1, 1, 0, 0)
     twin(0, 1, ak.aligned_empty(nbytes), w.amx_tiles(), toff, abase, astride, pix, 16,
-         np.zeros((1, 16), np.int32), np.empty(0, np.float32), np.zeros((1, 1), np.float32), False, ak.TILE_CONFIG)
+         np.zeros((1, 16), np.int32), np.empty(0, np.float32), np.zeros((1, 1), np.float32), False, ak.TILE_CONFIG,
+         np.zeros((0, 1), np.float32), np.float32(0), np.float32(0))
     return "\n".join(twin.inspect_asm().values())
 
 

@@ -283,16 +283,10 @@ class _Builder:
         cw = bits.shape[3]
         work = n * oh * ow * bits.size // 8
         params = [c_out, kh, kw, sh, sw, ph, pw, self.fp.add(epi)]
-        if kind == "amx":
-            # The AMX kernel writes 16-pixel tiles, not rows: its skip connection stays a row of its own.
-            conv = f"{node.name}.conv" if node.residual is not None else node.name
-            v = self._value(conv, (n, oh, ow, c_out))
-            self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
-            if node.residual is not None:
-                out = self._value(node.name, (n, oh, ow, c_out))
-                self._row(self.pk.OP_ADD_ACT, [conv, node.residual], out, self._act_params(node), n * oh * ow * c_out)
-            return
         v = self._value(node.name, (n, oh, ow, c_out))
+        if kind == "amx":
+            self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
+            return
         self.pk_words = max(self.pk_words, n * h * w * cw)
         if kind == "avx512":
             op, wb = self.pk.OP_BCONV_AVX512, weights.blocked()
@@ -301,11 +295,7 @@ class _Builder:
         else:
             op, wb = self.pk.OP_BCONV_PORTABLE, weights.bits
         params += [self.u64.add(wb), wb.size]
-        ins = node.inputs
-        if node.residual is not None:
-            ins = [node.inputs[0], node.residual]
-            params += [0] * (self.pk.P_RES_ACT - len(params)) + self._act_params(node)
-        self._row(op, ins, v, params, work)
+        self._binary_row(op, node, v, params, work)
 
     def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
              node: _Node, v: int) -> None:
@@ -326,7 +316,15 @@ class _Builder:
                    self.i64.add(pix), pix.size, astride, 64 * cw, 4 * self.threads if parallel else 1, nbytes]
         self.x8_bytes = max(self.x8_bytes, nbytes)
         self.uses_amx = True
-        self._row(op, node.inputs, v, params, work)
+        self._binary_row(op, node, v, params, work)
+
+    def _binary_row(self, op: int, node: _Node, v: int, params: list[int], work: int) -> None:
+        """A binary conv's row; with its skip connection fused, the residual is the row's second input."""
+        ins = node.inputs
+        if node.residual is not None:
+            ins = [node.inputs[0], node.residual]
+            params = params + [0] * (self.pk.P_RES_ACT - len(params)) + self._act_params(node)
+        self._row(op, ins, v, params, work)
 
     def float_node(self, node: _Node) -> None:
         pk = self.pk
