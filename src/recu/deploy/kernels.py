@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -187,15 +188,29 @@ def layer_kernel(impl: Optional[str], in_channels: int) -> str:
     return kind
 
 
-def set_num_threads(n: int) -> None:
-    """Threads used by the compiled kernels (numba); PyTorch's count is set separately."""
-    if numba_available():
-        import numba
+_THREAD_COUNT = threading.local()  # the numba thread count last set from each Python thread
 
-        from . import _numba_kernels as nk  # chooses numba's threading layer before the pool starts
 
-        nk.start_pool()
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+def set_num_threads(n: int) -> int:
+    """Threads used by the compiled kernels (numba) on the calling Python thread, clipped to numba's
+    pool; returns the count. PyTorch's count is set separately.
+
+    numba's count is per calling thread, and setting (or reading) it costs a few us - 1% of a batch-1
+    ResNet-20 - so a count already set from this thread is not set again. (Someone else's
+    ``numba.set_num_threads`` in between changes only the speed: every kernel gives the same bits on
+    any thread count.)"""
+    if not numba_available():
+        return 1
+    import numba
+
+    from . import _numba_kernels as nk  # chooses numba's threading layer before the pool starts
+
+    nk.start_pool()
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    if getattr(_THREAD_COUNT, "n", None) != n:
+        numba.set_num_threads(n)
+        _THREAD_COUNT.n = n
+    return n
 
 
 def _pair(v: IntPair, name: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from .kernels import (
     layer_kernel,
     numba_available,
     resolve_kernel,
+    set_num_threads,
 )
 from .pack import unpackbits_bytes
 
@@ -505,13 +506,7 @@ class CompiledModel:
     def _threads(self) -> int:
         import numba
 
-        from ._numba_kernels import start_pool
-
-        start_pool()
-        n = self.num_threads or numba.config.NUMBA_NUM_THREADS
-        n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
-        return n
+        return set_num_threads(self.num_threads or numba.config.NUMBA_NUM_THREADS)
 
     def _check(self, x: np.ndarray) -> None:
         c = self.input_channels
