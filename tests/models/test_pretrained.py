@@ -91,3 +91,45 @@ def test_a_model_without_weights_names_the_models_that_have_them(shipped):
         create("vgg_small_1w1a", pretrained=True)
     with pytest.raises(ValueError, match="kind must be"):
         P.path("resnet20_1w1a", "onnx")  # type: ignore[arg-type]
+
+
+# The weights the package really ships (docs/results.md): these read the installed files, no fixture.
+SHIPPED = "resnet20_1w1a"
+
+
+def test_the_shipped_resnet20_loads_without_data_and_its_1bit_file_agrees():
+    from recu.deploy import load
+
+    entry = P.info(SHIPPED)  # an error, not a skip, if the table lost its entry
+    model = create(SHIPPED, pretrained=True).eval()
+    assert model.recu_spec["config"]["compute_dtype"] == "float32"  # trained in bf16, shipped float32
+    packed = load(P.path(SHIPPED, "deploy"))
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.as_tensor(packed(x))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert 84.0 <= entry.test_top1 < 100.0
+
+
+@pytest.mark.cifar
+def test_the_shipped_resnet20_reaches_its_documented_accuracy_and_packed_predicts_identically(cifar_dir):
+    from recu.data import build_test_loader
+    from recu.deploy import load
+
+    entry = P.info(SHIPPED)
+    model = create(SHIPPED, pretrained=True).eval()
+    packed = load(P.path(SHIPPED, "deploy"))
+    loader = build_test_loader("cifar10", cifar_dir, batch_size=1000, device=torch.device("cpu"), workers=0)
+    correct = same = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            want = model(x).argmax(1)
+            got = torch.as_tensor(packed(x.numpy())).argmax(1)
+            correct += int((want == y).sum())
+            same += int((got == want).sum())
+            n += x.shape[0]
+    assert n == 10_000
+    assert same == n  # the 1-bit file predicts the float model's class on every test image
+    assert 100.0 * correct / n == pytest.approx(entry.test_top1, abs=0.005)
