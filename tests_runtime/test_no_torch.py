@@ -113,3 +113,16 @@ def test_the_cli_says_which_commands_need_pytorch(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err.strip()
     assert err == "recu models: error: this command needs PyTorch: pip install recu-bnn[torch] (or torch itself)"
     assert "torch" not in sys.modules
+
+
+def test_recu_bench_times_the_1bit_file_without_torch(fixture_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recu.cli import main
+
+    assert main(["bench", str(fixture_dir / "model.recu"), "--batch", "1", "2", "--repeat", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch is not installed" in out and "engine plan" in out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0] in ("1", "2")]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[3]) > 0 for r in rows)  # batch, best, median, img/s
+    assert main(["bench", str(fixture_dir / "model.recu"), "--engine", "layers"]) == 1
+    assert "layers engine runs in PyTorch" in capsys.readouterr().err
+    assert "torch" not in sys.modules

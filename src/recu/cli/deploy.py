@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -135,16 +136,16 @@ def _is_imagenet(name: str) -> bool:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..deploy import export
-
     if args.fuse_float and args.engine == "plan":
         raise ValueError("--fuse-float belongs to the layers engine; use --engine layers or auto")
+    bench_file = _bench_file if importlib.util.find_spec("torch") is not None else _bench_without_torch
     if args.pretrained:
         from ..pretrained import path as pretrained_path
 
-        return _bench_file(args, pretrained_path(args.target, "deploy"))
+        return bench_file(args, pretrained_path(args.target, "deploy"))
     if os.path.isfile(args.target):
-        return _bench_file(args, args.target)
+        return bench_file(args, args.target)
+    from ..deploy import export
     from ..models import available, create
 
     name = args.target
@@ -172,6 +173,41 @@ def _bench_input_shape(args: argparse.Namespace, spec: dict) -> tuple[int, int, 
     channels = int(kwargs.get("in_channels", 3))
     size = 224 if _is_imagenet(name) else 32
     return (channels, size, size)
+
+
+def _bench_without_torch(args: argparse.Namespace, path: "str | os.PathLike") -> int:
+    """``recu bench`` on a runtime-only install (no PyTorch): the compiled plan alone, numpy input,
+    latency and throughput per batch; the float baselines need PyTorch."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from .._lazy import TORCH_HINT
+    from ..deploy import load
+
+    if args.engine == "layers" or args.fuse_float:
+        raise ValueError(f"the layers engine runs in PyTorch, which is not installed: {TORCH_HINT}")
+    model = load(path, impl=args.kernel, engine="plan")
+    if args.threads:
+        model.set_num_threads(args.threads)
+    shape = _bench_input_shape(args, model.metadata.get("model_spec") or {})
+    print(f"recu bench {args.target}")
+    print(f"PyTorch is not installed: the 1-bit model alone, no float baseline ({TORCH_HINT} to compare)")
+    print(f"engine plan, kernel {model.kernel}, threads {args.threads or 'numba default'}, input {shape}")
+    print("batch    best ms  median ms      img/s")
+    rng = np.random.default_rng(0)
+    for batch in args.batch:
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        model(x)  # builds the plan for this shape (and compiles on a cold cache)
+        times = []
+        for _ in range(max(1, args.repeat)):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        print(f"{batch:5d} {min(times) * 1e3:10.3f} {median * 1e3:10.3f} {batch / median:10.1f}")
+    return 0
 
 
 def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
