@@ -19,7 +19,6 @@ Usage: RECU_CIFAR10_DIR=... python scripts/make_pretrained.py docs/runs/r20_recu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from recu.data import build_test_loader
 from recu.deploy import export, load
 from recu.models import from_spec
+from recu.pretrained import _sha256 as sha256  # the digest recu.pretrained checks
 from recu.train import load_checkpoint
 from recu.train.checkpoint import load_model_state, save_checkpoint
 
@@ -42,10 +42,6 @@ def shipped_state(state: dict, source: str) -> dict:
     metrics = {k: v for k, v in state.get("metrics", {}).items() if not isinstance(v, dict)}
     return {"model": state["model"], "model_spec": spec, "epoch": state["epoch"], "config": state["config"],
             "metrics": metrics, "source": source}
-
-
-def sha256(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
@@ -126,15 +126,20 @@ def _act_of(node: dict) -> tuple[int, float, float]:
     return ACT_HARDTANH, float(a.get("min", -1.0)), float(a.get("max", 1.0))
 
 
+def _count_users(input_lists: Iterable[list[str]], output: str) -> dict[str, int]:
+    """How many nodes read each value (the graph's output counts as one reader)."""
+    users = {output: 1}
+    for inputs in input_lists:
+        for i in inputs:
+            users[i] = users.get(i, 0) + 1
+    return users
+
+
 def fuse_graph(graph: dict) -> tuple[list[_Node], str]:
     """Nodes with each activation folded into a batch_norm, add, channel_bias or float conv that
     feeds it alone; returns (nodes, output name)."""
     nodes = graph["nodes"]
-    users: dict[str, int] = {}
-    for nd in nodes:
-        for i in nd["inputs"]:
-            users[i] = users.get(i, 0) + 1
-    users[graph["output"]] = users.get(graph["output"], 0) + 1
+    users = _count_users((nd["inputs"] for nd in nodes), graph["output"])
     out: list[_Node] = []
     by_name: dict[str, _Node] = {}
     renamed: dict[str, str] = {}
@@ -154,49 +159,59 @@ def fuse_graph(graph: dict) -> tuple[list[_Node], str]:
     return out, renamed.get(graph["output"], graph["output"])
 
 
+# fold(node, nodes by name, reader counts) -> (the producer it absorbs, the fused node) or None
+_Fold = Callable[[_Node, dict[str, _Node], dict[str, int]], Optional[tuple[_Node, _Node]]]
+
+
+def _fold_into_producers(nodes: list[_Node], output: str, fold: _Fold) -> tuple[list[_Node], str]:
+    """Each node that ``fold`` fuses with a producer is replaced, at its own place and under its own
+    name, by the fused node; the producer's own entry is dropped."""
+    users = _count_users((nd.inputs for nd in nodes), output)
+    by_name = {nd.name: nd for nd in nodes}
+    moved: set[int] = set()
+    out: list[_Node] = []
+    for nd in nodes:
+        fused = fold(nd, by_name, users)
+        if fused is not None:
+            producer, nd = fused
+            moved.add(id(producer))
+        out.append(nd)
+    return [nd for nd in out if id(nd) not in moved], output
+
+
+def _residual_into_binary_conv(nd: _Node, by_name: dict[str, _Node],
+                               users: dict[str, int]) -> Optional[tuple[_Node, _Node]]:
+    if nd.op != "add" or len(nd.inputs) != 2 or nd.inputs[0] == nd.inputs[1]:
+        return None
+    for mine, other in (nd.inputs, nd.inputs[::-1]):
+        conv = by_name.get(mine)
+        if conv is not None and conv.op == "binary_conv2d" and users.get(mine) == 1:
+            return conv, replace(conv, name=nd.name, residual=other, act=nd.act, lo=nd.lo, hi=nd.hi)
+    return None
+
+
+def _batch_norm_into_conv(nd: _Node, by_name: dict[str, _Node],
+                          users: dict[str, int]) -> Optional[tuple[_Node, _Node]]:
+    conv = by_name.get(nd.inputs[0]) if nd.op == "batch_norm" and nd.inputs else None
+    if (conv is None or conv.op != "conv2d" or conv.bn is not None or conv.act != ACT_NONE
+            or users.get(conv.name) != 1):
+        return None
+    return conv, replace(conv, name=nd.name, bn=nd, act=nd.act, lo=nd.lo, hi=nd.hi)
+
+
 def fuse_residuals(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
     """Fold each ``add`` (with its activation) into a binary conv that feeds that add alone: the conv's
     row then adds the skip connection and applies the activation to each output row while it is still
     in cache, instead of a pass of its own. The fused node runs where the add ran (both the conv's
     input and the skip exist there) under the add's name, so the add's users read it unchanged."""
-    users: dict[str, int] = {output: 1}
-    for nd in nodes:
-        for i in nd.inputs:
-            users[i] = users.get(i, 0) + 1
-    by_name = {nd.name: nd for nd in nodes}
-    moved: set[int] = set()
-    out: list[_Node] = []
-    for nd in nodes:
-        if nd.op == "add" and len(nd.inputs) == 2 and nd.inputs[0] != nd.inputs[1]:
-            for mine, other in (nd.inputs, nd.inputs[::-1]):
-                conv = by_name.get(mine)
-                if conv is not None and conv.op == "binary_conv2d" and users.get(mine) == 1:
-                    moved.add(id(conv))
-                    nd = replace(conv, name=nd.name, residual=other, act=nd.act, lo=nd.lo, hi=nd.hi)
-                    break
-        out.append(nd)
-    return [nd for nd in out if id(nd) not in moved], output
+    return _fold_into_producers(nodes, output, _residual_into_binary_conv)
 
 
 def fuse_conv_batch_norm(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
     """Fold each ``batch_norm`` (with its activation) into the float conv that feeds it alone: the conv
     row applies it to each output row while it is in cache (the same float32 steps; not folded into
     the weights, which would round differently). The fused node takes the BatchNorm's name and place."""
-    users: dict[str, int] = {output: 1}
-    for nd in nodes:
-        for i in nd.inputs:
-            users[i] = users.get(i, 0) + 1
-    by_name = {nd.name: nd for nd in nodes}
-    moved: set[int] = set()
-    out: list[_Node] = []
-    for nd in nodes:
-        conv = by_name.get(nd.inputs[0]) if nd.op == "batch_norm" and nd.inputs else None
-        if (conv is not None and conv.op == "conv2d" and conv.bn is None and conv.act == ACT_NONE
-                and users.get(conv.name) == 1):
-            moved.add(id(conv))
-            nd = replace(conv, name=nd.name, bn=nd, act=nd.act, lo=nd.lo, hi=nd.hi)
-        out.append(nd)
-    return [nd for nd in out if id(nd) not in moved], output
+    return _fold_into_producers(nodes, output, _batch_norm_into_conv)
 
 
 class _Builder:
