@@ -180,7 +180,8 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     _, path = _exported(tmp_path, name, size)
     meta, tensors = read_metadata(path), read_tensors(path)
     fused = P.build_plan(meta, tensors, (2, 3, size, size), impl=impl)
-    binary_ops = [pk.OP_BCONV_AVX512, pk.OP_BCONV_AVX2, pk.OP_BCONV_PORTABLE, pk.OP_BCONV_AMX8, pk.OP_BCONV_AMX1]
+    binary_ops = [pk.OP_BCONV_AVX512, pk.OP_BCONV_AVX2, pk.OP_BCONV_PORTABLE, pk.OP_BCONV_AMX8, pk.OP_BCONV_AMX1,
+                  pk.OP_BCONV_TAPS]
     convs = fused.ops[np.isin(fused.ops[:, pk.F_OP], binary_ops)]
     assert len(convs) == len(meta["binary_layers"])
     assert int((fused.ops[:, pk.F_OP] == pk.OP_ADD_ACT).sum()) == 0  # every add is fused

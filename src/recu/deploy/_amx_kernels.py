@@ -42,6 +42,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
+from ._float_kernels import add_clamp16
 from ._numba_kernels import _jit, _prefer_512_bit, epilogue
 
 TILE_ROWS = 16  # pixels per A tile, output channels per B tile
@@ -368,7 +369,9 @@ def _add_residual(acc_rows, pix, q0, o0, width, out_f, res, rlo, rhi):  # type: 
     PyTorch's (NaN and -0.0 pass through)."""
     for q in range(acc_rows):
         p = pix[q0 + q]
-        if p >= 0:
+        if p >= 0 and width == 16:  # one vector: the loop below stays scalar in place (out_f is read and written)
+            add_clamp16(out_f, res, out_f, p * out_f.shape[1] + o0, rlo, rhi)
+        elif p >= 0:
             for j in range(o0, o0 + width):
                 v = out_f[p, j] + res[p, j]
                 if v < rlo:

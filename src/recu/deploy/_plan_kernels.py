@@ -24,6 +24,7 @@ from numba import prange
 from . import _amx_kernels as ak
 from . import _float_kernels as fk
 from . import _numba_kernels as nk
+from . import _tap_kernels as tk
 from ._numba_kernels import _jit
 
 # numba checks a cached function against its own source file only, but the executor (and the kernels
@@ -31,7 +32,7 @@ from ._numba_kernels import _jit
 # one of them numba would load a stale executor (seen: a float conv changed in _float_kernels.py and
 # the cached plan kept the old one). ensure_fresh_cache() drops every cached function of these files
 # when their combined content changes.
-_SOURCES = ("_plan_kernels.py", "_float_kernels.py", "_numba_kernels.py", "_amx_kernels.py")
+_SOURCES = ("_plan_kernels.py", "_float_kernels.py", "_numba_kernels.py", "_amx_kernels.py", "_tap_kernels.py")
 _STAMP_FILE = "recu_deploy_sources.sha256"
 _FRESH_LOCK = threading.Lock()
 _FRESH = False
@@ -54,9 +55,9 @@ def ensure_fresh_cache() -> None:
             return
         from numba.core.registry import CPUDispatcher
 
-        from . import _amx_kernels, _float_kernels, _numba_kernels
+        from . import _amx_kernels, _float_kernels, _numba_kernels, _tap_kernels
 
-        modules = (_amx_kernels, _float_kernels, _numba_kernels, __import__(__name__, fromlist=["_"]))
+        modules = (_amx_kernels, _float_kernels, _numba_kernels, _tap_kernels, __import__(__name__, fromlist=["_"]))
         dispatchers = [f for m in modules for f in vars(m).values() if isinstance(f, CPUDispatcher)]
         caches = [d._cache for d in dispatchers if getattr(d._cache, "_cache_path", None)]
         if caches:
@@ -95,6 +96,7 @@ OP_GLOBAL_AVG_POOL = 14
 OP_PAD_CHANNELS = 15
 OP_FLATTEN = 16
 OP_LINEAR = 17
+OP_BCONV_TAPS = 18    # sign + pack a kernel row's taps together (narrow layers), XNOR-popcount (512-bit)
 
 # Columns of an operation row.
 F_OP, F_IN0, F_IN1, F_OUT, F_PARALLEL = 0, 1, 2, 3, 4
@@ -230,6 +232,39 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
             nk.conv_portable_serial(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
 
 
+# Parameter columns of a tap-packed binary conv row after the common ones (c_out, kh, kw, sh, sw, ph, pw,
+# epilogue, weights offset, weights size): words per kernel row, offset in ``u64`` of the per-column
+# weight variants then taps inside, the interior columns [lo, hi), 16-bit units of a row buffer.
+P_TAP_WORDS, P_TAP_COLUMNS, P_TAP_LO, P_TAP_HI, P_TAP_UNITS = 10, 11, 12, 13, 14
+
+
+@_jit()
+def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-untyped-def]
+    """One tap-packed binary conv row (:mod:`._tap_kernels`): pack, then the kernel with its epilogue
+    (and the fused residual add and activation when ``res`` has the output's shape)."""
+    n_, h_, w_, c_ = x.shape
+    c_out, kh_, kw_, sh, sw, ph, pw = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    epi = fp[p[7]:p[7] + 4 * c_out]
+    wb = u64[p[8]:p[8] + p[9]]
+    nw, col, units = p[P_TAP_WORDS], p[P_TAP_COLUMNS], p[P_TAP_UNITS]
+    ow_ = out.shape[2]
+    variant, taps = u64[col:col + ow_], u64[col + ow_:col + 2 * ow_]
+    words = n_ * h_ * ow_ * nw
+    a = pk[:words]
+    bufs = pk[words:words + (n_ * h_ * units + 3) // 4].view(np.uint16)[:n_ * h_ * units]
+    lo, hi = np.float32(0), np.float32(0)
+    if res.shape == out.shape:
+        lo, hi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
+    if par:
+        tk.pack_taps(xf, n_ * h_, w_, c_, kw_, sw, pw, ow_, nw, bufs, a)
+        tk.conv_taps(a, wb, h_, nw, kh_, kw_, c_, c_out, sh, ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, epi, out,
+                     res, lo, hi)
+    else:
+        tk.pack_taps_serial(xf, n_ * h_, w_, c_, kw_, sw, pw, ow_, nw, bufs, a)
+        tk.conv_taps_rows(0, out.shape[0] * out.shape[1], a, wb, h_, nw, kh_, kw_, c_, c_out, sh, ph, p[P_TAP_LO],
+                          p[P_TAP_HI], variant, taps, epi, out, res, lo, hi)
+
+
 # Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:
 # 1 when fused, then the offsets of the BatchNorm's scale and shift in ``fp``.
 P_CONV_BN, P_BN_SCALE, P_BN_SHIFT = 10, 11, 12
@@ -357,6 +392,10 @@ def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def
         # F_IN1: the residual of a fused skip connection; else a 0-size view (no fusion)
         res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
         _binary_conv_popcount(op, p, par, x, _flat(arena, vals, v0), out, fp, u64, pk, res)
+        return True
+    if op == OP_BCONV_TAPS:
+        res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
+        _binary_conv_taps(p, par, x, _flat(arena, vals, v0), out, fp, u64, pk, res)
         return True
     _float_op(op, p, par, x, _view(arena, vals, v1 if v1 >= 0 else v0), out, fp)
     return True

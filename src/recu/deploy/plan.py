@@ -40,6 +40,12 @@ _ALIGN = 16  # float32 elements: every arena and parameter offset on a 64-byte b
 _FUSABLE_ACTS = ("hardtanh", "relu")
 
 
+def taps_enabled() -> bool:
+    """Tap-row packing of narrow layers on the avx512 path (:mod:`._tap_kernels`); ``RECU_DEPLOY_TAPS=0``
+    turns it off (to measure against the one-word-per-tap kernel: both give the same bits)."""
+    return os.environ.get("RECU_DEPLOY_TAPS", "1").strip() != "0"
+
+
 class PlanError(ValueError):
     """The file's graph cannot be planned (an operation or shape the compiled runtime does not run)."""
 
@@ -303,6 +309,11 @@ class _Builder:
         if kind == "amx":
             self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
             return
+        from . import _tap_kernels as tk
+
+        if kind == "avx512" and tk.use_taps(c_in, kw) and taps_enabled():
+            self._taps(bits, c_in, (n, h, w), (kw, sw, pw, ow), params, work, node, v)
+            return
         self.pk_words = max(self.pk_words, n * h * w * cw)
         if kind == "avx512":
             op, wb = self.pk.OP_BCONV_AVX512, weights.blocked()
@@ -312,6 +323,24 @@ class _Builder:
             op, wb = self.pk.OP_BCONV_PORTABLE, weights.bits
         params += [self.u64.add(wb), wb.size]
         self._binary_row(op, node, v, params, work)
+
+    def _taps(self, bits: np.ndarray, c_in: int, xshape: tuple, geom: tuple, params: list[int], work: int,
+              node: _Node, v: int) -> None:
+        """A narrow layer on the avx512 path with each kernel row's taps packed together."""
+        from . import _tap_kernels as tk
+
+        n, h, w = xshape
+        kw, sw, pw, ow = geom
+        nw = tk.tap_words(c_in, kw)
+        variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
+        wb = tk.block_tap_weights(bits, c_in, ranges)
+        units = tk.row_buffer_units(w, c_in, pw)
+        ow_lo = min(ow, (pw + sw - 1) // sw)
+        ow_hi = max(ow_lo, min(ow, (w + pw - kw) // sw + 1))
+        params += [self.u64.add(wb), wb.size, nw, self.u64.add(np.concatenate([variant, taps]).astype(np.uint64)),
+                   ow_lo, ow_hi, units]
+        self.pk_words = max(self.pk_words, n * h * ow * nw + (n * h * units + 3) // 4)
+        self._binary_row(self.pk.OP_BCONV_TAPS, node, v, params, work)
 
     def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
              node: _Node, v: int) -> None:

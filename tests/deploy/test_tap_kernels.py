@@ -1,0 +1,155 @@
+"""Tap-row packed binary convs of narrow layers (recu.deploy._tap_kernels): the integer dot products
+of a float64 reference conv of the signs, every padding pattern, and the same bits as the
+one-word-per-tap kernel inside a whole plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recu.deploy.kernels import has_vpopcntdq, numba_available
+
+pytestmark = pytest.mark.skipif(not (numba_available() and has_vpopcntdq()),
+                                reason="the tap-packed kernels run on the avx512 path (AVX-512 VPOPCNTDQ)")
+
+
+def _reference_dots(x: np.ndarray, signs_w: np.ndarray, s: int, p: int) -> np.ndarray:
+    """float64 conv of sign(x) (+1 where x >= 0) with +-1 weights, zero padding: NHWC int dots."""
+    n, h, w, c = x.shape
+    o, kh, kw, _ = signs_w.shape
+    xs = np.pad(np.where(x >= 0, 1.0, -1.0), ((0, 0), (p, p), (p, p), (0, 0)))
+    oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+    out = np.zeros((n, oh, ow, o))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xs[:, i * s:i * s + kh, j * s:j * s + kw, :]
+            out[:, i, j, :] = np.einsum("nabc,oabc->no", patch, signs_w)
+    return out.astype(np.int64)
+
+
+def _weights(rng: np.random.Generator, c_out: int, kh: int, kw: int, c_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random +-1 weights and their canonical (C_out, KH, KW, 1) words (bit c = channel c, 1 = +1)."""
+    signs = rng.choice([-1.0, 1.0], size=(c_out, kh, kw, c_in))
+    bits = np.zeros((c_out, kh, kw, 1), np.uint64)
+    for c in range(c_in):
+        bits[..., 0] |= (signs[..., c] > 0).astype(np.uint64) << np.uint64(c)
+    return signs, bits
+
+
+def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: int, p: int, epi: np.ndarray,
+              res: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
+    from recu.deploy import _tap_kernels as tk
+
+    n, h, w, c = x.shape
+    oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+    nw = tk.tap_words(c, kw)
+    variant, taps, ranges = tk.column_variants(w, kw, s, p, ow)
+    wb = tk.block_tap_weights(bits, c, ranges).ravel()
+    bufs = np.zeros(n * h * tk.row_buffer_units(w, c, p), np.uint16)
+    a = np.zeros(n * h * ow * nw, np.uint64)
+    (tk.pack_taps if parallel else tk.pack_taps_serial)(x.ravel(), n * h, w, c, kw, s, p, ow, nw, bufs, a)
+    ow_lo = min(ow, (p + s - 1) // s)
+    ow_hi = max(ow_lo, min(ow, (w + p - kw) // s + 1))
+    out = np.full((n, oh, ow, c_out), np.nan, np.float32)
+    r = res if res is not None else np.zeros((0, 0, 0, 0), np.float32)
+    lo, hi = np.float32(-1.0), np.float32(1.0)
+    if parallel:
+        tk.conv_taps(a, wb, h, nw, kh, kw, c, c_out, s, p, ow_lo, ow_hi, variant.astype(np.uint64),
+                     taps.astype(np.uint64), epi, out, r, lo, hi)
+    else:
+        tk.conv_taps_rows(0, n * oh, a, wb, h, nw, kh, kw, c, c_out, s, p, ow_lo, ow_hi, variant.astype(np.uint64),
+                          taps.astype(np.uint64), epi, out, r, lo, hi)
+    return out
+
+
+# (N, H, W, C_in, C_out, KH, KW, stride, pad): ResNet-20's narrow layers, odd sizes, a 5x5 kernel with
+# two padding columns, no padding, an input narrower than the kernel, C_out not a multiple of 16.
+SHAPES = [(1, 32, 32, 16, 16, 3, 3, 1, 1), (2, 7, 9, 16, 24, 3, 3, 1, 1), (1, 32, 32, 16, 32, 3, 3, 2, 1),
+          (1, 16, 16, 32, 32, 3, 3, 1, 1), (1, 5, 6, 32, 8, 3, 3, 2, 1), (1, 9, 9, 16, 40, 5, 5, 1, 2),
+          (1, 4, 4, 48, 16, 3, 3, 1, 1), (1, 6, 6, 16, 16, 3, 3, 1, 0), (1, 3, 2, 16, 16, 3, 3, 1, 1),
+          (1, 8, 8, 32, 16, 1, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_dot_products_equal_float64_reference(shape: tuple, parallel: bool) -> None:
+    n, h, w, c, c_out, kh, kw, s, p = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, -1e-30]  # signs of zeros: +1, +1 (-0.0 >= 0), -1
+    signs, bits = _weights(rng, c_out, kh, kw, c)
+    identity = np.concatenate([np.ones(c_out), np.zeros(c_out), np.ones(c_out), np.zeros(c_out)]).astype(np.float32)
+    got = _run_taps(x, bits, c_out, kh, kw, s, p, identity, parallel=parallel)
+    np.testing.assert_array_equal(got.astype(np.int64), _reference_dots(x, signs, s, p))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) -> None:
+    """With a random epilogue (alpha, bias, BatchNorm) and a fused residual + hardtanh: the same float32
+    bits as the avx512 kernel with one word per tap followed by clamp(out + res)."""
+    from recu.deploy import _numba_kernels as nk
+
+    n, h, w, c, c_out, kh, kw, s, p = shape
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    _, bits = _weights(rng, c_out, kh, kw, c)
+    epi = rng.standard_normal(4 * c_out).astype(np.float32)
+    a = np.zeros((n * h * w, 1), np.uint64)
+    nk.pack_nhwc_serial(x.ravel(), c, a)
+    oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+    ref = np.zeros((n, oh, ow, c_out), np.float32)
+    nk.conv_fast_serial(a.ravel(), nk.block_weights(bits).ravel(), h, w, 1, kh, kw, c, c_out, s, s, p, p,
+                        np.empty((1, 1, 1, 1), np.int32), epi, ref, True)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    for parallel in (False, True):
+        got = _run_taps(x, bits, c_out, kh, kw, s, p, epi, res=res, parallel=parallel)
+        np.testing.assert_array_equal(got.view(np.int32), np.clip(ref + res, -1, 1).view(np.int32))
+
+
+def test_weight_layout_and_variants() -> None:
+    """Tap t's channel c is bit t * C_in + c of its kernel row; a variant zeroes the padded taps."""
+    from recu.deploy import _tap_kernels as tk
+
+    c_in, kw = 16, 3
+    bits = np.zeros((1, 1, kw, 1), np.uint64)
+    bits[0, 0, :, 0] = [0x0001, 0x8000, 0x00F0]
+    variant, taps, ranges = tk.column_variants(w=4, kw=kw, sw=1, pw=1, ow=4)
+    assert ranges == [(0, 3), (1, 3), (0, 2)]  # all taps, left tap padded, right tap padded
+    assert variant.tolist() == [1, 0, 0, 2] and taps.tolist() == [2, 3, 3, 2]
+    wb = tk.block_tap_weights(bits, c_in, ranges)  # (V, OB, KH, NW, 8)
+    assert wb.shape == (3, 1, 1, 1, 8)
+    assert int(wb[0, 0, 0, 0, 0]) == 0x0001 | 0x8000 << 16 | 0x00F0 << 32
+    assert int(wb[1, 0, 0, 0, 0]) == 0x8000 << 16 | 0x00F0 << 32
+    assert int(wb[2, 0, 0, 0, 0]) == 0x0001 | 0x8000 << 16
+    assert not wb[..., 1:].any()  # output channels past C_out: zero
+    assert tk.use_taps(16, 3) and tk.use_taps(32, 3) and not tk.use_taps(64, 3) and not tk.use_taps(16, 1)
+    assert not tk.use_taps(8, 3)
+
+
+def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-20 on the avx512 path: its 16- and 32-channel convs become tap-packed rows, and the logits
+    are bit-identical to the plan without tap packing (RECU_DEPLOY_TAPS=0), on 1 and 2 threads."""
+    from recu import models
+    from recu.deploy import _numba_kernels as nk
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import export, load
+    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.plan import build_plan
+
+    from ._helpers import randomize
+
+    path = tmp_path / "r20.recu"
+    export(randomize(models.create("resnet20_1w1a")), path)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    ops = build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops[:, pk.F_OP]
+    assert int((ops == pk.OP_BCONV_TAPS).sum()) == 13  # 7 with 16 input channels, 6 with 32
+    assert int((ops == pk.OP_BCONV_AVX512).sum()) == 5  # 64 input channels: one word per tap already full
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got = load(path, impl="avx512", num_threads=1)(x)
+    monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)
+    np.testing.assert_array_equal(got, load(path, impl="avx512", num_threads=2)(x))
+    monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
+    assert int((build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops[:, pk.F_OP] == pk.OP_BCONV_TAPS).sum()) == 0
+    np.testing.assert_array_equal(got, load(path, impl="avx512", num_threads=1)(x))
