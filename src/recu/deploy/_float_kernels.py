@@ -115,15 +115,15 @@ def _splat(builder, value, ty):  # type: ignore[no-untyped-def]
     return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0)), undef, zeros)
 
 
-def _make_conv_block(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
+def _make_conv_block(pixels: int, blocks: int, lanes: int = 8):  # type: ignore[no-untyped-def]
     """An intrinsic ``conv_block(x, xoff, xstep, xrow, w, woff, wrow, rows, taps, wtap, out, dst, ostride, bias, o0)``.
 
-    For ``pixels`` output pixels p and ``blocks`` blocks b of 8 output channels, all on flat
-    float32 arrays::
+    For ``pixels`` output pixels p and ``blocks`` blocks b of ``lanes`` (8 or 16: 256- or 512-bit
+    vectors) output channels, all on flat float32 arrays (L = lanes)::
 
-        acc[p, b, lane] = fma(x[xoff + k * xrow + p * xstep + t], w[woff + k * wrow + t * wtap + 8b + lane], acc)
+        acc[p, b, lane] = fma(x[xoff + k * xrow + p * xstep + t], w[woff + k * wrow + t * wtap + Lb + lane], acc)
             for k < rows, t < taps (in this order, float32 fma, from 0)
-        out[dst + p * ostride + 8b + lane] = acc[p, b, lane] + bias[o0 + 8b + lane]
+        out[dst + p * ostride + Lb + lane] = acc[p, b, lane] + bias[o0 + Lb + lane]
 
     In :func:`_conv2d_row` k runs over the kernel rows inside the input and t over the contiguous
     (kw, c) taps of one kernel row, which are contiguous in NHWC x and in (KH, KW, C, O) w alike.
@@ -159,12 +159,13 @@ def _make_conv_block(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
         woff, wrow, rows, taps, wtap = args[5], args[6], args[7], args[8], args[9]
         dst, ostride, o0 = args[11], args[12], args[14]
         i64 = ir.IntType(64)
-        v8f = ir.VectorType(ir.FloatType(), 8)
+        v8f = ir.VectorType(ir.FloatType(), lanes)
         v8d = v8f  # the accumulators: float32, as PyTorch's fma chain
         zero = ir.Constant(i64, 0)
         one = ir.Constant(i64, 1)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8d, [v8d] * 3), "llvm.fma.v8f32")
-        init = [ir.Constant(v8d, [0.0] * 8) for _ in range(count)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8d, [v8d] * 3),
+                                             f"llvm.fma.v{lanes}f32")
+        init = [ir.Constant(v8d, [0.0] * lanes) for _ in range(count)]
         entry = builder.block
         row_head = builder.append_basic_block("fconv.row")
         loop = builder.append_basic_block("fconv.loop")
@@ -186,7 +187,7 @@ def _make_conv_block(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
         t = builder.phi(i64)
         accs = [builder.phi(v8d) for _ in range(count)]
         w_tap = builder.gep(w_row, [builder.mul(t, wtap)])
-        wvs = [builder.load(builder.bitcast(builder.gep(w_tap, [ir.Constant(i64, 8 * b)]), v8f.as_pointer()),
+        wvs = [builder.load(builder.bitcast(builder.gep(w_tap, [ir.Constant(i64, lanes * b)]), v8f.as_pointer()),
                             align=4)
                for b in range(blocks)]
         new_accs = [None] * count
@@ -218,11 +219,12 @@ def _make_conv_block(pixels: int, blocks: int):  # type: ignore[no-untyped-def]
             results[q].add_incoming(init[q], entry)
             results[q].add_incoming(new_accs[q], row_end)
         for b in range(blocks):
-            at = builder.add(o0, ir.Constant(i64, 8 * b))
+            at = builder.add(o0, ir.Constant(i64, lanes * b))
             bias_v = builder.load(builder.bitcast(builder.gep(b_arr.data, [at]), v8f.as_pointer()), align=4)
             for p in range(pixels):
                 y = builder.fadd(results[p * blocks + b], bias_v)
-                at_out = builder.add(dst, builder.add(builder.mul(ostride, ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
+                at_out = builder.add(dst, builder.add(builder.mul(ostride, ir.Constant(i64, p)),
+                                                      ir.Constant(i64, lanes * b)))
                 builder.store(y, builder.bitcast(builder.gep(o_arr.data, [at_out]), v8f.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -304,6 +306,14 @@ _conv_block_4x4 = _make_conv_block(CONV_PIXELS, 4)
 _conv_block_4x2 = _make_conv_block(CONV_PIXELS, 2)
 _conv_block_1x4 = _make_conv_block(1, 4)
 _conv_block_1x2 = _make_conv_block(1, 2)
+# 512-bit versions (16 channels per vector): half the instructions per multiply-add where the CPU
+# has AVX-512 (the 7x7 stem of ResNet-18 ran at half of its float32 peak on the 256-bit blocks).
+_conv_block_4x4w = _make_conv_block(CONV_PIXELS, 4, 16)
+_conv_block_4x2w = _make_conv_block(CONV_PIXELS, 2, 16)
+_conv_block_4x1w = _make_conv_block(CONV_PIXELS, 1, 16)
+_conv_block_1x4w = _make_conv_block(1, 4, 16)
+_conv_block_1x2w = _make_conv_block(1, 2, 16)
+_conv_block_1x1w = _make_conv_block(1, 1, 16)
 LINEAR_ROWS = 4
 _dot_lanes_4 = _make_dot_lanes(LINEAR_ROWS)
 _dot_lanes_1 = _make_dot_lanes(1)
@@ -409,15 +419,37 @@ def _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o_lo, o_hi, acc, out): 
         out[n, oh, ow, o] = acc[o] + bias[o]
 
 
+@_jit(inline="always")
+def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst, bias, o16, four):  # type: ignore[no-untyped-def]
+    """Output channels [0, o16) of 4 pixels (``four``) or 1 pixel in 512-bit blocks of 64, 32, 16."""
+    o0 = 0
+    while o0 < o16:
+        left = o16 - o0
+        if four:
+            if left >= 64:
+                _conv_block_4x4w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+            elif left >= 32:
+                _conv_block_4x2w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+            else:
+                _conv_block_4x1w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+        elif left >= 64:
+            _conv_block_1x4w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+        elif left >= 32:
+            _conv_block_1x2w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+        else:
+            _conv_block_1x1w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
+        o0 += 64 if left >= 64 else (32 if left >= 32 else 16)
+
+
 @_jit()
-def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """Output row ``r`` (= n * OH + oh) of :func:`conv2d_nhwc`.
 
     The first ``O - O % 16`` output channels go through the register-blocked
-    :func:`_make_conv_block` in blocks of 32 and 16 channels: runs of 4 output pixels whose kernel
-    windows lie horizontally inside the input together, other pixels one by one with their kernel
-    rows clipped to the input. The last ``O % 16`` channels go through :func:`_conv2d_pixel`. Both
-    give the same bits.
+    :func:`_make_conv_block` in blocks of 32 and 16 channels (``wide``: 512-bit vectors, blocks of
+    64, 32 and 16): runs of 4 output pixels whose kernel windows lie horizontally inside the input
+    together, other pixels one by one with their kernel rows clipped to the input. The last
+    ``O % 16`` channels go through :func:`_conv2d_pixel`. All give the same bits.
     """
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     kh_, kw_, o_ = w.shape[0], w.shape[1], w.shape[3]
@@ -443,10 +475,13 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-
             xoff = ((n * h_ + ih0 + kh0) * w_ + ow * sw - pw) * c_
             woff = kh0 * taps * o_
             dst = (r * ow_ + ow) * o_
-            for o0 in range(0, o32, 32):
+            if wide:
+                _wide_blocks(xf, xoff, sw * c_, w_ * c_, wf, woff, taps * o_, rows, taps, o_, of, dst, bias, o16,
+                             True)
+            for o0 in range(0, 0 if wide else o32, 32):
                 _conv_block_4x4(xf, xoff, sw * c_, w_ * c_, wf, woff + o0, taps * o_, rows, taps, o_,
                                 of, dst + o0, o_, bias, o0)
-            if o16 > o32:
+            if o16 > o32 and not wide:
                 _conv_block_4x2(xf, xoff, sw * c_, w_ * c_, wf, woff + o32, taps * o_, rows, taps, o_,
                                 of, dst + o32, o_, bias, o32)
             if o16 < o_:
@@ -461,10 +496,12 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-
             xoff = ((n * h_ + ih0 + kh0) * w_ + iw0 + kw0) * c_
             woff = (kh0 * kw_ + kw0) * c_ * o_
             dst = (r * ow_ + ow) * o_
-            for o0 in range(0, o32, 32):
+            if wide:
+                _wide_blocks(xf, xoff, 0, w_ * c_, wf, woff, taps * o_, rows, taps1, o_, of, dst, bias, o16, False)
+            for o0 in range(0, 0 if wide else o32, 32):
                 _conv_block_1x4(xf, xoff, 0, w_ * c_, wf, woff + o0, taps * o_, rows, taps1, o_,
                                 of, dst + o0, o_, bias, o0)
-            if o16 > o32:
+            if o16 > o32 and not wide:
                 _conv_block_1x2(xf, xoff, 0, w_ * c_, wf, woff + o32, taps * o_, rows, taps1, o_,
                                 of, dst + o32, o_, bias, o32)
         if o16 < o_:
@@ -473,24 +510,25 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-
 
 
 @_jit(parallel=True)
-def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """Float conv2d (groups 1, dilation 1, zero padding), output rows across threads.
 
     x float32 (N, H, W, C); w float32 (KH, KW, C, O); bias float32 (O,) (zeros for a conv without
     one); (sh, sw) stride, (ph, pw) padding; out float32 (N, OH, OW, O). Each output is a float32 fma
     chain over (kh, kw, c) from 0 (taps in the padding skipped), then ``+ bias`` in float32.
+    ``wide``: 512-bit vectors (a CPU with AVX-512; same bits).
     """
     rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
     for r in prange(rows):
-        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide)
 
 
 @_jit()
-def conv2d_nhwc_serial(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+def conv2d_nhwc_serial(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """:func:`conv2d_nhwc` on the calling thread."""
     rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
     for r in range(rows):
-        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+        _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide)
 
 
 # ---------------------------------------------------------------------------------------------

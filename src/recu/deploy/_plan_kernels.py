@@ -266,23 +266,24 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
 
 
 # Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:
-# 1 when fused, then the offsets of the BatchNorm's scale and shift in ``fp``.
-P_CONV_BN, P_BN_SCALE, P_BN_SHIFT = 10, 11, 12
+# 1 when fused, then the offsets of the BatchNorm's scale and shift in ``fp``. P_CONV_WIDE: 1 for
+# 512-bit vector blocks (the numba target has AVX-512; same bits as the 256-bit ones).
+P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE = 10, 11, 12, 13
 
 
 @_jit()
-def _conv_bn_rows(r0, r1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
+def _conv_bn_rows(r0, r1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
     """Output rows [r0, r1) of a float conv, each followed at once (still in cache) by its
     BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
     for r in range(r0, r1):
-        fk._conv2d_row(r, x, w, bias, sh, sw, ph, pw, out)
+        fk._conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide)
         fk._affine_act_row(r, out, scale, shift, lo, hi, out)
 
 
 @_jit(parallel=True)
-def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
+def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
     for r in prange(out.shape[0] * out.shape[1]):
-        _conv_bn_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out)
+        _conv_bn_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide)
 
 
 @_jit()
@@ -293,19 +294,20 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
         kh_, kw_, c_in, c_out = p[2], p[3], x.shape[3], out.shape[3]
         w = fp[p[4]:p[4] + kh_ * kw_ * c_in * c_out].reshape((kh_, kw_, c_in, c_out))
         bias = fp[p[5]:p[5] + c_out]
+        wide = p[P_CONV_WIDE] != 0
         if p[P_CONV_BN] != 0:
             fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], out)
             scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
             lo32, hi32 = fk._act_bounds(act, lo, hi)
             if par:
-                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, out)
+                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, out, wide)
             else:
                 _conv_bn_rows(0, out.shape[0] * out.shape[1], x, w, bias, p[6], p[7], p[8], p[9], scale, shift,
-                              lo32, hi32, out)
+                              lo32, hi32, out, wide)
         elif par:
-            fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out)
+            fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out, wide)
         else:
-            fk.conv2d_nhwc_serial(x, w, bias, p[6], p[7], p[8], p[9], out)
+            fk.conv2d_nhwc_serial(x, w, bias, p[6], p[7], p[8], p[9], out, wide)
     elif op == OP_AFFINE_ACT:
         c = x.shape[3]
         scale, shift = fp[p[2]:p[2] + c], fp[p[3]:p[3] + c]

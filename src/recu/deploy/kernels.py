@@ -62,6 +62,7 @@ __all__ = [
     "has_vpopcntdq",
     "has_avx2",
     "has_amx",
+    "target_has_avx512f",
     "numba_available",
     "output_size",
     "PackedConvWeights",
@@ -117,6 +118,22 @@ def has_avx2() -> bool:
         return bool(llvm.get_host_cpu_features().get("avx2", False))
     except RuntimeError:
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def target_has_avx512f() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F: its target features, which ``NUMBA_CPU_FEATURES``
+    may make differ from the host's (as for the AVX2 benchmark on an AVX-512 machine)."""
+    if not numba_available():
+        return False
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    try:
+        features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    except RuntimeError:
+        return False
+    return "+avx512f" in features.split(",")
 
 
 @functools.lru_cache(maxsize=None)

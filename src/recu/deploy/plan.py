@@ -30,6 +30,7 @@ from .kernels import (
     numba_available,
     resolve_kernel,
     set_num_threads,
+    target_has_avx512f,
 )
 from .pack import unpackbits_bytes
 
@@ -388,9 +389,12 @@ class _Builder:
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
             v = self._value(node.name, (n, oh, ow, o))
             params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
+            assert len(params) == pk.P_CONV_BN
             if node.bn is not None:
-                assert len(params) == pk.P_CONV_BN
                 params += [1, self.fp.add(self._tensor(node.bn, "scale")), self.fp.add(self._tensor(node.bn, "shift"))]
+            else:
+                params += [0, 0, 0]
+            params.append(int(target_has_avx512f()))
             self._row(pk.OP_CONV, node.inputs, v, params, n * oh * ow * o * c * kh * kw // 8)
         elif op == "batch_norm":
             v = self._value(node.name, (n, h, w, c))
