@@ -311,6 +311,7 @@ _conv_block_1x2 = _make_conv_block(1, 2)
 _conv_block_4x4w = _make_conv_block(CONV_PIXELS, 4, 16)
 _conv_block_4x2w = _make_conv_block(CONV_PIXELS, 2, 16)
 _conv_block_4x1w = _make_conv_block(CONV_PIXELS, 1, 16)
+_conv_block_8x1w = _make_conv_block(2 * CONV_PIXELS, 1, 16)
 _conv_block_1x4w = _make_conv_block(1, 4, 16)
 _conv_block_1x2w = _make_conv_block(1, 2, 16)
 _conv_block_1x1w = _make_conv_block(1, 1, 16)
@@ -420,12 +421,15 @@ def _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o_lo, o_hi, acc, out): 
 
 
 @_jit(inline="always")
-def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst, bias, o16, four):  # type: ignore[no-untyped-def]
-    """Output channels [0, o16) of 4 pixels (``four``) or 1 pixel in 512-bit blocks of 64, 32, 16."""
+def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst, bias, o16, px):  # type: ignore[no-untyped-def]
+    """Output channels [0, o16) of ``px`` pixels (8: o16 = 16 only, 4 or 1) in 512-bit blocks of 64, 32, 16."""
+    if px == 8:  # one block of 16 channels: 8 pixels give the 8 independent fma chains 2 FMA units need
+        _conv_block_8x1w(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst, o_, bias, 0)
+        return
     o0 = 0
     while o0 < o16:
         left = o16 - o0
-        if four:
+        if px == 4:
             if left >= 64:
                 _conv_block_4x4w(xf, xoff, xstep, xrow, wf, woff + o0, wrow, rows, taps, o_, of, dst + o0, o_, bias, o0)
             elif left >= 32:
@@ -469,15 +473,18 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore
     of = out.reshape(out.size)
     taps = kw_ * c_  # one kernel row: contiguous in x and in w
     acc = np.empty(o_, dtype=np.float32)  # the one per-row scratch: O float32
+    px = 2 * CONV_PIXELS if wide and o16 == 16 else CONV_PIXELS  # pixels per register block
     ow = 0
     while ow < ow_:
-        if o16 > 0 and ow >= ow_lo and ow + CONV_PIXELS <= ow_hi:
+        # the last interior run: one block overlapping the previous one (same values rewritten)
+        if o16 > 0 and ow_lo <= ow < ow_hi < ow + px and ow_hi - ow_lo >= px:
+            ow = ow_hi - px
+        if o16 > 0 and ow >= ow_lo and ow + px <= ow_hi:
             xoff = ((n * h_ + ih0 + kh0) * w_ + ow * sw - pw) * c_
             woff = kh0 * taps * o_
             dst = (r * ow_ + ow) * o_
             if wide:
-                _wide_blocks(xf, xoff, sw * c_, w_ * c_, wf, woff, taps * o_, rows, taps, o_, of, dst, bias, o16,
-                             True)
+                _wide_blocks(xf, xoff, sw * c_, w_ * c_, wf, woff, taps * o_, rows, taps, o_, of, dst, bias, o16, px)
             for o0 in range(0, 0 if wide else o32, 32):
                 _conv_block_4x4(xf, xoff, sw * c_, w_ * c_, wf, woff + o0, taps * o_, rows, taps, o_,
                                 of, dst + o0, o_, bias, o0)
@@ -485,9 +492,9 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore
                 _conv_block_4x2(xf, xoff, sw * c_, w_ * c_, wf, woff + o32, taps * o_, rows, taps, o_,
                                 of, dst + o32, o_, bias, o32)
             if o16 < o_:
-                for p in range(CONV_PIXELS):
+                for p in range(px):
                     _conv2d_pixel(n, oh, ow + p, x, w, bias, sh, sw, ph, pw, o16, o_, acc, out)
-            ow += CONV_PIXELS
+            ow += px
             continue
         if o16 > 0:  # one pixel, its kernel row clipped to the input
             iw0 = ow * sw - pw
@@ -497,7 +504,7 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore
             woff = (kh0 * kw_ + kw0) * c_ * o_
             dst = (r * ow_ + ow) * o_
             if wide:
-                _wide_blocks(xf, xoff, 0, w_ * c_, wf, woff, taps * o_, rows, taps1, o_, of, dst, bias, o16, False)
+                _wide_blocks(xf, xoff, 0, w_ * c_, wf, woff, taps * o_, rows, taps1, o_, of, dst, bias, o16, 1)
             for o0 in range(0, 0 if wide else o32, 32):
                 _conv_block_1x4(xf, xoff, 0, w_ * c_, wf, woff + o0, taps * o_, rows, taps1, o_,
                                 of, dst + o0, o_, bias, o0)

@@ -528,6 +528,9 @@ def _conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
         two = ob + 1 < ob_
         ow = 0
         while ow < ow_:
+            # the last interior run: one block overlapping the previous one (same values rewritten)
+            if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
+                ow = ow_hi - blk
             iw0 = ow * sw - pw
             if ow >= ow_lo and ow + blk <= ow_hi:
                 abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_
@@ -1016,6 +1019,9 @@ def _conv_avx2_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw,
         two = ob + 1 < ob_
         ow = 0
         while ow < ow_:
+            # the last interior run: one block overlapping the previous one (same values rewritten)
+            if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
+                ow = ow_hi - blk
             iw0 = ow * sw - pw
             if ow >= ow_lo and ow + blk <= ow_hi:
                 abase = ((n * h_ + ih0 + kh0) * w_ + iw0) * cw_

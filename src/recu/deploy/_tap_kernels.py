@@ -218,6 +218,9 @@ def _conv_taps_row(r, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, ow_hi
         two = ob + 1 < ob_
         ow = 0
         while ow < ow_:
+            # the last interior run: one block overlapping the previous one (same values rewritten)
+            if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
+                ow = ow_hi - blk
             abase = ((n * h_ + ih0 + kh0) * ow_ + ow) * nw
             if ow >= ow_lo and ow + blk <= ow_hi:
                 wofs = (ob * kh_ + kh0) * wrow
