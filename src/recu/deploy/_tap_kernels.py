@@ -174,8 +174,8 @@ def conv_taps_rows(r0, r1, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, 
 
     a: uint64, the words of :func:`pack_taps` (flat ``(N, H, OW, NW)``); wb: uint64, the blocked
     variants of :func:`block_tap_weights` (flat); ``[ow_lo, ow_hi)`` the output columns whose kernel
-    row lies inside the input (variant 0); ``variant`` / ``taps`` int64 per output column; ``epi``
-    the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
+    row lies inside the input (variant 0); ``variant`` / ``taps`` per output column (integers; uint64
+    in the plan); ``epi`` the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
     """
     acc = np.empty(16 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
