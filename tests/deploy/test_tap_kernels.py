@@ -154,3 +154,17 @@ def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monke
     untapped = build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops[:, pk.F_OP]
     assert int((untapped == pk.OP_BCONV_TAPS).sum()) == 0
     np.testing.assert_array_equal(got, load(path, impl="avx512", num_threads=1)(x))
+
+
+def test_bench_names_the_tap_packed_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recu bench`'s kernel line says how many layers the plan tap-packs (none in the per-layer engine)."""
+    from recu import models
+    from recu.deploy import export, load
+    from recu.deploy.bench import kernel_summary
+
+    path = tmp_path / "r20.recu"
+    export(models.create("resnet20_1w1a").eval(), path)
+    assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers, 13 tap-packed)"
+    assert kernel_summary(load(path, impl="avx512", engine="layers")) == "avx512 (18 layers)"
+    monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
+    assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers)"

@@ -450,12 +450,38 @@ def binary_layer_paths(model: Any) -> dict[str, str]:
             for layer in model.metadata.get("binary_layers", [])}
 
 
+def tap_packed_layers(model: Any) -> int:
+    """How many of a compiled plan's avx512 binary conv layers pack a kernel row's taps together
+    (:mod:`recu.deploy._tap_kernels`; 0 for the per-layer engine, which does not)."""
+    if isinstance(model, PackedModel) or not hasattr(model, "metadata"):
+        return 0
+    from ._tap_kernels import use_taps
+    from .plan import taps_enabled
+
+    if not taps_enabled():
+        return 0
+    paths = binary_layer_paths(model)
+    count = 0
+    for layer in model.metadata.get("binary_layers", []):
+        kw = layer.get("kernel_size", 1)
+        kw = int(kw[-1] if isinstance(kw, (list, tuple)) else kw)
+        count += paths.get(layer["name"]) == "avx512" and use_taps(int(layer["in_channels"]), kw)
+    return count
+
+
 def kernel_summary(model: Any) -> str:
-    """The kernel paths of the model's binary layers, e.g. ``amx (12 layers), avx512 (6 layers)``."""
+    """The kernel paths of the model's binary layers, e.g. ``amx (12 layers), avx512 (6 layers)``
+    (``avx512 (13 layers, 13 tap-packed)`` where the plan packs narrow layers' taps)."""
     counts = Counter(binary_layer_paths(model).values())
     if not counts:
         return "no binary layers"
-    return ", ".join(f"{k} ({n} layer{'s' if n != 1 else ''})" for k, n in counts.most_common())
+    taps = tap_packed_layers(model)
+
+    def one(kind: str, n: int) -> str:
+        extra = f", {taps} tap-packed" if kind == "avx512" and taps else ""
+        return f"{kind} ({n} layer{'s' if n != 1 else ''}{extra})"
+
+    return ", ".join(one(k, n) for k, n in counts.most_common())
 
 
 def fp_twin_name(name: str) -> Optional[str]:
