@@ -50,8 +50,7 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
     bufs = np.zeros(n * h * tk.row_buffer_units(w, c, p), np.uint16)
     a = np.zeros(n * h * ow * nw, np.uint64)
     (tk.pack_taps if parallel else tk.pack_taps_serial)(x.ravel(), n * h, w, c, kw, s, p, ow, nw, bufs, a)
-    ow_lo = min(ow, (p + s - 1) // s)
-    ow_hi = max(ow_lo, min(ow, (w + p - kw) // s + 1))
+    ow_lo, ow_hi = tk.interior_columns(variant)
     out = np.full((n, oh, ow, c_out), np.nan, np.float32)
     r = res if res is not None else np.zeros((0, 0, 0, 0), np.float32)
     lo, hi = np.float32(-1.0), np.float32(1.0)
@@ -118,6 +117,8 @@ def test_weight_layout_and_variants() -> None:
     variant, taps, ranges = tk.column_variants(w=4, kw=kw, sw=1, pw=1, ow=4)
     assert ranges == [(0, 3), (1, 3), (0, 2)]  # all taps, left tap padded, right tap padded
     assert variant.tolist() == [1, 0, 0, 2] and taps.tolist() == [2, 3, 3, 2]
+    assert tk.interior_columns(variant) == (1, 3)
+    assert tk.interior_columns(tk.column_variants(w=2, kw=3, sw=1, pw=1, ow=2)[0]) == (0, 0)  # none inside
     wb = tk.block_tap_weights(bits, c_in, ranges)  # (V, OB, KH, NW, 8)
     assert wb.shape == (3, 1, 1, 1, 8)
     assert int(wb[0, 0, 0, 0, 0]) == 0x0001 | 0x8000 << 16 | 0x00F0 << 32

@@ -485,12 +485,13 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore
             dst = (r * ow_ + ow) * o_
             if wide:
                 _wide_blocks(xf, xoff, sw * c_, w_ * c_, wf, woff, taps * o_, rows, taps, o_, of, dst, bias, o16, px)
-            for o0 in range(0, 0 if wide else o32, 32):
-                _conv_block_4x4(xf, xoff, sw * c_, w_ * c_, wf, woff + o0, taps * o_, rows, taps, o_,
-                                of, dst + o0, o_, bias, o0)
-            if o16 > o32 and not wide:
-                _conv_block_4x2(xf, xoff, sw * c_, w_ * c_, wf, woff + o32, taps * o_, rows, taps, o_,
-                                of, dst + o32, o_, bias, o32)
+            else:
+                for o0 in range(0, o32, 32):
+                    _conv_block_4x4(xf, xoff, sw * c_, w_ * c_, wf, woff + o0, taps * o_, rows, taps, o_,
+                                    of, dst + o0, o_, bias, o0)
+                if o16 > o32:
+                    _conv_block_4x2(xf, xoff, sw * c_, w_ * c_, wf, woff + o32, taps * o_, rows, taps, o_,
+                                    of, dst + o32, o_, bias, o32)
             if o16 < o_:
                 for p in range(px):
                     _conv2d_pixel(n, oh, ow + p, x, w, bias, sh, sw, ph, pw, o16, o_, acc, out)
@@ -505,12 +506,13 @@ def _conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore
             dst = (r * ow_ + ow) * o_
             if wide:
                 _wide_blocks(xf, xoff, 0, w_ * c_, wf, woff, taps * o_, rows, taps1, o_, of, dst, bias, o16, 1)
-            for o0 in range(0, 0 if wide else o32, 32):
-                _conv_block_1x4(xf, xoff, 0, w_ * c_, wf, woff + o0, taps * o_, rows, taps1, o_,
-                                of, dst + o0, o_, bias, o0)
-            if o16 > o32 and not wide:
-                _conv_block_1x2(xf, xoff, 0, w_ * c_, wf, woff + o32, taps * o_, rows, taps1, o_,
-                                of, dst + o32, o_, bias, o32)
+            else:
+                for o0 in range(0, o32, 32):
+                    _conv_block_1x4(xf, xoff, 0, w_ * c_, wf, woff + o0, taps * o_, rows, taps1, o_,
+                                    of, dst + o0, o_, bias, o0)
+                if o16 > o32:
+                    _conv_block_1x2(xf, xoff, 0, w_ * c_, wf, woff + o32, taps * o_, rows, taps1, o_,
+                                    of, dst + o32, o_, bias, o32)
         if o16 < o_:
             _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o16, o_, acc, out)
         ow += 1
@@ -1008,22 +1010,17 @@ def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
     h = r - n * h_
     c_ = x.shape[3]
     co_ = out.shape[3]
-    if c_ % 16 == 0:  # vector copies (numba's loop below is scalar here)
-        w_ = x.shape[2]
-        for w in range(w_):
-            q = r * w_ + w
-            for c in range(before):
-                out[n, h, w, c] = 0.0
-            for c in range(0, c_, 16):
-                copy16(x, q * c_ + c, out, q * co_ + before + c)
-            for c in range(before + c_, co_):
-                out[n, h, w, c] = 0.0
-        return
-    for w in range(x.shape[2]):
+    w_ = x.shape[2]
+    for w in range(w_):
         for c in range(before):
             out[n, h, w, c] = 0.0
-        for c in range(c_):
-            out[n, h, w, before + c] = x[n, h, w, c]
+        if c_ % 16 == 0:  # vector copies (numba's loop below is scalar here)
+            q = r * w_ + w
+            for c in range(0, c_, 16):
+                copy16(x, q * c_ + c, out, q * co_ + before + c)
+        else:
+            for c in range(c_):
+                out[n, h, w, before + c] = x[n, h, w, c]
         for c in range(before + c_, co_):
             out[n, h, w, c] = 0.0
 

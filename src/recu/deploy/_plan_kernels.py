@@ -137,7 +137,7 @@ def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg, res):  #
     rlo, rhi = np.float32(0), np.float32(0)
     if res.shape == out.shape:
         res2 = res.reshape(out2.shape)
-        rlo, rhi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
+        rlo, rhi = _res_bounds(p, fp)
     dummy = np.empty((1, 1), np.int32)
     xb = x8[:p[19]]
     if op == OP_BCONV_AMX8:
@@ -161,6 +161,12 @@ def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg, res):  #
 # Parameter columns of a binary conv row fused with the residual add that consumes it (F_IN1 >= 0):
 # the add's activation code and the offset of its bounds in ``fp`` (after every kernel's own columns).
 P_RES_ACT, P_RES_BOUNDS = 20, 21
+
+
+@_jit(inline="always")
+def _res_bounds(p, fp):  # type: ignore[no-untyped-def]
+    """The float32 clamp bounds of a fused skip connection's activation (its row's parameter columns)."""
+    return fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
 
 
 @_jit()
@@ -205,7 +211,7 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
         nk.pack_nhwc_serial(xf, c_, a2)
     dummy4 = np.empty((1, 1, 1, 1), np.int32)
     if res.shape == out.shape:
-        lo, hi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
+        lo, hi = _res_bounds(p, fp)
         if par:
             _conv_res_parallel(op, a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, res,
                                lo, hi)
@@ -254,7 +260,7 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
     bufs = pk[words:words + (n_ * h_ * units + 3) // 4].view(np.uint16)[:n_ * h_ * units]
     lo, hi = np.float32(0), np.float32(0)
     if res.shape == out.shape:
-        lo, hi = fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
+        lo, hi = _res_bounds(p, fp)
     if par:
         tk.pack_taps(xf, n_ * h_, w_, c_, kw_, sw, pw, ow_, nw, bufs, a)
         tk.conv_taps(a, wb, h_, nw, kh_, kw_, c_, c_out, sh, ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, epi, out,

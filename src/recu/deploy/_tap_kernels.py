@@ -57,6 +57,13 @@ def column_variants(w: int, kw: int, sw: int, pw: int, ow: int) -> tuple[np.ndar
     return variant, taps, ranges
 
 
+def interior_columns(variant: np.ndarray) -> tuple[int, int]:
+    """``[lo, hi)``: the output columns whose kernel row lies inside the input (variant 0, contiguous);
+    an empty range when there are none."""
+    inside = np.flatnonzero(variant == 0)
+    return (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
+
+
 def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
     """Canonical ``(C_out, KH, KW, 1)`` weight words -> ``(V, ceil(C_out / 8), KH, NW, 8)``.
 

@@ -455,18 +455,11 @@ def tap_packed_layers(model: Any) -> int:
     (:mod:`recu.deploy._tap_kernels`; 0 for the per-layer engine, which does not)."""
     if isinstance(model, PackedModel) or not hasattr(model, "metadata"):
         return 0
-    from ._tap_kernels import use_taps
-    from .plan import taps_enabled
+    from .plan import _pair, packs_taps
 
-    if not taps_enabled():
-        return 0
     paths = binary_layer_paths(model)
-    count = 0
-    for layer in model.metadata.get("binary_layers", []):
-        kw = layer.get("kernel_size", 1)
-        kw = int(kw[-1] if isinstance(kw, (list, tuple)) else kw)
-        count += paths.get(layer["name"]) == "avx512" and use_taps(int(layer["in_channels"]), kw)
-    return count
+    return sum(packs_taps(paths[layer["name"]], int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
+               for layer in model.metadata.get("binary_layers", []))
 
 
 def kernel_summary(model: Any) -> str:

@@ -47,6 +47,14 @@ def taps_enabled() -> bool:
     return os.environ.get("RECU_DEPLOY_TAPS", "1").strip() != "0"
 
 
+def packs_taps(kind: str, c_in: int, kw: int) -> bool:
+    """Whether the plan runs a binary conv on kernel path ``kind`` with its kernel rows' taps packed
+    together (``c_in`` input channels, kernel width ``kw``)."""
+    from ._tap_kernels import use_taps
+
+    return kind == "avx512" and use_taps(c_in, kw) and taps_enabled()
+
+
 class PlanError(ValueError):
     """The file's graph cannot be planned (an operation or shape the compiled runtime does not run)."""
 
@@ -310,9 +318,7 @@ class _Builder:
         if kind == "amx":
             self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
             return
-        from . import _tap_kernels as tk
-
-        if kind == "avx512" and tk.use_taps(c_in, kw) and taps_enabled():
+        if packs_taps(kind, c_in, kw):
             self._taps(bits, c_in, (n, h, w), (kw, sw, pw, ow), params, work, node, v)
             return
         self.pk_words = max(self.pk_words, n * h * w * cw)
@@ -336,8 +342,7 @@ class _Builder:
         variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
         wb = tk.block_tap_weights(bits, c_in, ranges)
         units = tk.row_buffer_units(w, c_in, pw)
-        ow_lo = min(ow, (pw + sw - 1) // sw)
-        ow_hi = max(ow_lo, min(ow, (w + pw - kw) // sw + 1))
+        ow_lo, ow_hi = tk.interior_columns(variant)
         params += [self.u64.add(wb), wb.size, nw, self.u64.add(np.concatenate([variant, taps]).astype(np.uint64)),
                    ow_lo, ow_hi, units]
         self.pk_words = max(self.pk_words, n * h * ow * nw + (n * h * units + 3) // 4)
