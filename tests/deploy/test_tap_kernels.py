@@ -39,7 +39,10 @@ def _weights(rng: np.random.Generator, c_out: int, kh: int, kw: int, c_in: int) 
 
 
 def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: int, p: int, epi: np.ndarray,
-              res: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
+              res: np.ndarray | None = None, parallel: bool = False,
+              next_pw: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The tap-packed conv of NHWC ``x``; with ``next_pw``, also the row buffers it writes for a next
+    layer with that padding (returned second)."""
     from recu.deploy import _tap_kernels as tk
 
     n, h, w, c = x.shape
@@ -47,20 +50,23 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
     nw = tk.tap_words(c, kw)
     variant, taps, ranges = tk.column_variants(w, kw, s, p, ow)
     wb = tk.block_tap_weights(bits, c, ranges).ravel()
-    bufs = np.zeros(n * h * tk.row_buffer_units(w, c, p), np.uint16)
-    a = np.zeros(n * h * ow * nw, np.uint64)
-    (tk.pack_taps if parallel else tk.pack_taps_serial)(x.ravel(), n * h, w, c, kw, s, p, ow, nw, bufs, a)
+    rowbytes = tk.row_bytes(w, c, p)
+    a = np.full(n * h * rowbytes, 0xAB, np.uint8)  # junk: the packer writes every byte
+    (tk.pack_signs if parallel else tk.pack_signs_serial)(x.ravel(), n * h, w, c, p, rowbytes, a)
     ow_lo, ow_hi = tk.interior_columns(variant)
     out = np.full((n, oh, ow, c_out), np.nan, np.float32)
     r = res if res is not None else np.zeros((0, 0, 0, 0), np.float32)
     lo, hi = np.float32(-1.0), np.float32(1.0)
+    srow = tk.row_bytes(ow, c_out, next_pw) if next_pw is not None else 0
+    signs = np.zeros(n * oh * srow, np.uint8)
+    args = (a, rowbytes, wb, h, nw, tk.tail_mask_of(c, kw, nw), kh, kw, c, c_out, s, s, p, ow_lo, ow_hi,
+            variant.astype(np.uint64), taps.astype(np.uint64), epi, out, r, lo, hi, signs, srow,
+            (next_pw or 0) * c_out // 8)
     if parallel:
-        tk.conv_taps(a, wb, h, nw, kh, kw, c, c_out, s, p, ow_lo, ow_hi, variant.astype(np.uint64),
-                     taps.astype(np.uint64), epi, out, r, lo, hi)
+        tk.conv_taps(*args)
     else:
-        tk.conv_taps_rows(0, n * oh, a, wb, h, nw, kh, kw, c, c_out, s, p, ow_lo, ow_hi, variant.astype(np.uint64),
-                          taps.astype(np.uint64), epi, out, r, lo, hi)
-    return out
+        tk.conv_taps_rows(0, n * oh, *args)
+    return (out, signs) if next_pw is not None else out
 
 
 # (N, H, W, C_in, C_out, KH, KW, stride, pad): ResNet-20's narrow layers, odd sizes, a 5x5 kernel with
@@ -107,6 +113,32 @@ def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) 
         np.testing.assert_array_equal(got.view(np.int32), np.clip(ref + res, -1, 1).view(np.int32))
 
 
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], (2, 7, 9, 16, 32, 3, 3, 1, 1)])
+@pytest.mark.parametrize("next_pw", [1, 2])
+def test_signs_written_for_the_next_layer_equal_its_own_packing(shape: tuple, next_pw: int) -> None:
+    """A layer with 16k output channels writes the signs of its final values (after the skip connection)
+    as the next layer's row buffers: byte for byte what packing its float output gives, padding 0."""
+    from recu.deploy import _tap_kernels as tk
+
+    n, h, w, c, c_out, kh, kw, s, p = shape
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    _, bits = _weights(rng, c_out, kh, kw, c)
+    epi = rng.standard_normal(4 * c_out).astype(np.float32)
+    for res in (None, rng.standard_normal(_run_taps(x, bits, c_out, kh, kw, s, p, epi).shape).astype(np.float32)):
+        for parallel in (False, True):
+            out, signs = _run_taps(x, bits, c_out, kh, kw, s, p, epi, res=res, parallel=parallel, next_pw=next_pw)
+            oh, ow = out.shape[1:3]
+            packed = np.full(n * oh * tk.row_bytes(ow, c_out, next_pw), 0xAB, np.uint8)
+            tk.pack_signs_serial(out.ravel(), n * oh, ow, c_out, next_pw, tk.row_bytes(ow, c_out, next_pw), packed)
+            np.testing.assert_array_equal(signs, packed)
+            rows = packed.reshape(n * oh, -1)
+            pixels = rows[:, next_pw * c_out // 8:(next_pw + ow) * c_out // 8].reshape(n, oh, ow, c_out // 8)
+            expect = np.packbits(out >= 0, axis=-1, bitorder="little")  # channel c = bit c % 8 of byte c // 8
+            np.testing.assert_array_equal(pixels, expect)
+            assert not rows[:, :next_pw * c_out // 8].any() and not rows[:, (next_pw + ow) * c_out // 8:].any()
+
+
 def test_weight_layout_and_variants() -> None:
     """Tap t's channel c is bit t * C_in + c of its kernel row; a variant zeroes the padded taps."""
     from recu.deploy import _tap_kernels as tk
@@ -144,9 +176,15 @@ def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monke
     path = tmp_path / "r20.recu"
     export(randomize(models.create("resnet20_1w1a")), path)
     meta, tensors = read_metadata(path), read_tensors(path)
-    ops = build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops[:, pk.F_OP]
+    table = build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops
+    ops = table[:, pk.F_OP]
     assert int((ops == pk.OP_BCONV_TAPS).sum()) == 13  # 7 with 16 input channels, 6 with 32
     assert int((ops == pk.OP_BCONV_AVX512).sum()) == 5  # 64 input channels: one word per tap already full
+    taps = table[ops == pk.OP_BCONV_TAPS, pk.F_P:]
+    # every tap-packed layer but the first (fed by the float stem) gets its signs from its producer,
+    # and each of the 12 producers writes them; the last (64 output channels) writes none
+    assert taps[:, pk.P_TAP_READY].tolist() == [0] + [1] * 12
+    assert (taps[:-1, pk.P_TAP_OUT] >= 0).all() and taps[-1, pk.P_TAP_OUT] == -1
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     got = load(path, impl="avx512", num_threads=1)(x)
     monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)

@@ -88,7 +88,8 @@ def _prefer_512_bit(fn) -> None:  # type: ignore[no-untyped-def]
         pass
 
 
-def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ignore[no-untyped-def]
+def _make_xnor_rows(pixels: int, blocks: int, store: bool = False, addressing: str = "words",  # type: ignore[no-untyped-def]
+                    fused: bool = False):
     """An intrinsic ``xnor_rows(a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc)``.
 
     For ``pixels`` output pixels p and ``blocks`` blocks b of 8 output channels (lane < 8)::
@@ -104,6 +105,11 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
     kernel.
     Only for blocks whose 8 lanes are all real output channels.
 
+    ``addressing="bytes"``: ``a`` is a uint8 array and ``aoff``, ``astep``, ``arow`` count bytes
+    (word t of a row at ``+ 8t`` bytes, unaligned), and a ``tail`` word after ``n`` masks the last
+    word of every row (``(a XOR w) AND tail``): the row buffers of :mod:`._tap_kernels`, read in
+    place. ``fused`` (bytes, 2 blocks): see :func:`_emit_fused_epilogue` for its arguments.
+
     Written directly as LLVM vector IR: each <8 x i64> weight load feeds ``pixels`` XOR /
     ``ctpop`` / add chains, each broadcast activation word feeds ``blocks`` of them, and the
     ``pixels * blocks`` accumulators live in registers for the whole loop nest. Numba's own
@@ -114,23 +120,43 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
     from numba.core import cgutils
 
     count = pixels * blocks
+    by_bytes = addressing == "bytes"
+    a_type = types.Array(types.uint8 if by_bytes else types.uint64, 1, "C")
+    f32 = types.Array(types.float32, 1, "C")
 
     def check(a, ints, wb, acc):  # type: ignore[no-untyped-def]
         arr_u64 = types.Array(types.uint64, 1, "C")
-        return (a == arr_u64 and wb == arr_u64 and acc == types.Array(types.int64, 1, "C")
+        return (a == a_type and wb == arr_u64 and acc == types.Array(types.int64, 1, "C")
                 and all(isinstance(v, types.Integer) for v in ints))
 
     i = types.int64
-    if store:
+    if fused:
+        @intrinsic
+        def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, tail, acc,  # type: ignore[no-untyped-def]
+                      out, epi, dst, o0, c_out, valid, res, lo, hi, signs, sdst, sstride, fuse_res, write_signs):
+            ints = (aoff, astep, arow, woff, wrow, wblk, rows, n, tail, dst, o0, c_out, valid, sdst, sstride)
+            if (not check(a, ints, wb, acc) or out != f32 or epi != f32 or res != f32
+                    or signs != types.Array(types.uint8, 1, "C") or lo != types.float32 or hi != types.float32):
+                return None
+            sig = types.void(a, i, i, i, wb, i, i, i, i, i, types.uint64, acc, out, epi, i, i, i, i, res,
+                             types.float32, types.float32, signs, i, i, types.boolean, types.boolean)
+            return sig, codegen
+    elif store:
         @intrinsic
         def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc,  # type: ignore[no-untyped-def]
                       out_i, out_f, epi, dst, ostride, o0, valid, affine):
             if (not check(a, (aoff, astep, arow, woff, wrow, wblk, rows, n, dst, ostride, o0, valid), wb, acc)
                     or out_i != types.Array(types.int32, 4, "C") or out_f != types.Array(types.float32, 4, "C")
-                    or epi != types.Array(types.float32, 1, "C")):
+                    or epi != f32):
                 return None
             sig = types.void(a, i, i, i, wb, i, i, i, i, i, acc, out_i, out_f, epi, i, i, i, i, types.boolean)
             return sig, codegen
+    elif by_bytes:
+        @intrinsic
+        def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, tail, acc):  # type: ignore[no-untyped-def]
+            if not check(a, (aoff, astep, arow, woff, wrow, wblk, rows, n, tail), wb, acc):
+                return None
+            return types.void(a, i, i, i, wb, i, i, i, i, i, types.uint64, acc), codegen
     else:
         @intrinsic
         def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, acc):  # type: ignore[no-untyped-def]
@@ -140,119 +166,235 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False):  # type: ign
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         _prefer_512_bit(builder.function)
+        tail_v = args[10] if by_bytes else None
+        acc_at = 11 if by_bytes else 10
         a_arr = context.make_array(signature.args[0])(context, builder, args[0])
         w_arr = context.make_array(signature.args[4])(context, builder, args[4])
-        c_arr = context.make_array(signature.args[10])(context, builder, args[10])
+        c_arr = context.make_array(signature.args[acc_at])(context, builder, args[acc_at])
         aoff_v, astep_v, arow_v = args[1], args[2], args[3]
         woff_v, wrow_v, wblk_v, rows_v, n_v = args[5], args[6], args[7], args[8], args[9]
         i64 = ir.IntType(64)
         vec = ir.VectorType(i64, 8)
-        vptr = vec.as_pointer()
-        zero = ir.Constant(i64, 0)
-        one = ir.Constant(i64, 1)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
-        zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
-        undef = ir.Constant(vec, ir.Undefined)
-        acc_ptrs = [builder.bitcast(builder.gep(c_arr.data, [ir.Constant(i64, 8 * q)]), vptr)
-                    for q in range(count)]
-        init = [ir.Constant(vec, [0] * 8) for _ in range(count)]
-        entry = builder.block
-        row_head = builder.append_basic_block("xnor.row")
-        loop = builder.append_basic_block("xnor.loop")
-        row_end = builder.append_basic_block("xnor.rowend")
-        done = builder.append_basic_block("xnor.done")
-        go = builder.and_(builder.icmp_signed(">", n_v, zero), builder.icmp_signed(">", rows_v, zero))
-        builder.cbranch(go, row_head, done)
 
-        # Outer loop over kernel rows (strided in NHWC), inner loop over the contiguous words of a row.
-        builder.position_at_end(row_head)
-        k = builder.phi(i64)
-        racc = [builder.phi(vec) for _ in range(count)]
-        a_row = builder.gep(a_arr.data, [builder.add(aoff_v, builder.mul(k, arow_v))])
-        a_px = [builder.gep(a_row, [builder.mul(astep_v, ir.Constant(i64, p))]) for p in range(pixels)]
-        w_row = builder.gep(w_arr.data, [builder.add(woff_v, builder.mul(k, wrow_v))])
-        w_blk = [builder.gep(w_row, [builder.mul(wblk_v, ir.Constant(i64, b))]) for b in range(blocks)]
-        builder.branch(loop)
+        def row_pointers(k):  # type: ignore[no-untyped-def]
+            # kernel row k: each pixel's first activation word (i64*), each block's first weight vector
+            start = builder.add(aoff_v, builder.mul(k, arow_v))
+            a_px = [builder.gep(a_arr.data, [builder.add(start, builder.mul(astep_v, ir.Constant(i64, p)))])
+                    for p in range(pixels)]
+            if by_bytes:
+                a_px = [builder.bitcast(ptr, i64.as_pointer()) for ptr in a_px]
+            w_row = builder.gep(w_arr.data, [builder.add(woff_v, builder.mul(k, wrow_v))])
+            w_blk = [builder.bitcast(builder.gep(w_row, [builder.mul(wblk_v, ir.Constant(i64, b))]), vec.as_pointer())
+                     for b in range(blocks)]
+            return a_px, w_blk
 
-        builder.position_at_end(loop)
-        t = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(count)]
-        t8 = builder.mul(t, ir.Constant(i64, 8))
-        wvs = [builder.load(builder.bitcast(builder.gep(w_blk[b], [t8]), vptr), align=8) for b in range(blocks)]
-        new_accs = [None] * count
-        for p in range(pixels):
-            x = builder.load(builder.gep(a_px[p], [t]))
-            xs = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
-                                        undef, zero_mask)
-            for b in range(blocks):
-                q = b * pixels + p
-                new_accs[q] = builder.add(accs[q], builder.call(ctpop, [builder.xor(wvs[b], xs)]))
-        t_next = builder.add(t, one)
-        builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
-        t.add_incoming(zero, row_head)
-        t.add_incoming(t_next, loop)
-        for q in range(count):
-            accs[q].add_incoming(racc[q], row_head)
-            accs[q].add_incoming(new_accs[q], loop)
-
-        builder.position_at_end(row_end)
-        k_next = builder.add(k, one)
-        builder.cbranch(builder.icmp_signed("<", k_next, rows_v), row_head, done)
-        k.add_incoming(zero, entry)
-        k.add_incoming(k_next, row_end)
-        for q in range(count):
-            racc[q].add_incoming(init[q], entry)
-            racc[q].add_incoming(new_accs[q], row_end)
-
-        builder.position_at_end(done)
-        results = [builder.phi(vec) for _ in range(count)]  # LLVM wants all phis first
-        for q in range(count):
-            results[q].add_incoming(init[q], entry)
-            results[q].add_incoming(new_accs[q], row_end)
-        if not store:
+        results = _emit_xnor_nest(builder, pixels, blocks, rows_v, n_v, row_pointers, tail_v, 1 if by_bytes else 8)
+        if fused:
+            _emit_fused_epilogue(context, builder, signature, args, results, pixels)
+        elif not store:
             for q in range(count):
-                builder.store(results[q], acc_ptrs[q], align=8)
-            return context.get_dummy_value()
-        oi_arr = context.make_array(signature.args[11])(context, builder, args[11])
-        of_arr = context.make_array(signature.args[12])(context, builder, args[12])
-        ep_arr = context.make_array(signature.args[13])(context, builder, args[13])
-        dst_v, ostride_v, o0_v, valid_v, affine_v = args[14], args[15], args[16], args[17], args[18]
-        f32x8 = ir.VectorType(ir.FloatType(), 8)
-        i32x8 = ir.VectorType(ir.IntType(32), 8)
-        fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32x8, [f32x8] * 3), "llvm.fma.v8f32")
-        valid_splat = builder.shuffle_vector(
-            builder.insert_element(undef, valid_v, ir.Constant(ir.IntType(32), 0)), undef, zero_mask)
-        dots = [builder.sub(valid_splat, builder.shl(results[q], ir.Constant(vec, [1] * 8))) for q in range(count)]
-
-        def dst_of(q: int):  # type: ignore[no-untyped-def]
-            b, p = divmod(q, pixels)
-            return builder.add(builder.add(dst_v, o0_v),
-                               builder.add(builder.mul(ostride_v, ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
-
-        def epi_vec(row: int, b: int):  # type: ignore[no-untyped-def]
-            # Row ``row`` of the (4, C_out) epilogue table, channels o0 + 8b ... o0 + 8b + 7.
-            at = builder.add(builder.mul(ostride_v, ir.Constant(i64, row)), builder.add(o0_v, ir.Constant(i64, 8 * b)))
-            return builder.load(builder.bitcast(builder.gep(ep_arr.data, [at]), f32x8.as_pointer()), align=4)
-
-        with builder.if_else(affine_v) as (then, otherwise):
-            with then:
-                for b in range(blocks):
-                    alpha, bias, bn_scale, bn_shift = (epi_vec(k, b) for k in range(4))
-                    for p in range(pixels):
-                        q = b * pixels + p
-                        # The same float32 steps as :func:`epilogue`.
-                        t = builder.fadd(builder.fmul(builder.sitofp(dots[q], f32x8), alpha), bias)
-                        y = builder.call(fma8, [t, bn_scale, bn_shift])
-                        builder.store(y, builder.bitcast(builder.gep(of_arr.data, [dst_of(q)]),
-                                                         f32x8.as_pointer()), align=4)
-            with otherwise:
-                for q in range(count):
-                    builder.store(builder.trunc(dots[q], i32x8),
-                                  builder.bitcast(builder.gep(oi_arr.data, [dst_of(q)]), i32x8.as_pointer()),
-                                  align=4)
+                ptr = builder.bitcast(builder.gep(c_arr.data, [ir.Constant(i64, 8 * q)]), vec.as_pointer())
+                builder.store(results[q], ptr, align=8)
+        else:
+            _emit_store_epilogue(context, builder, signature, args, results, pixels, blocks)
         return context.get_dummy_value()
 
     return xnor_rows
+
+
+def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers, tail_v, a_align: int):  # type: ignore[no-untyped-def]
+    """The loop nest of :func:`_make_xnor_rows`: kernel rows k < ``rows_v`` (outer), words t < ``n_v``
+    of a row (inner); ``row_pointers(k)`` -> (per pixel i64*, per block <8 x i64>*). Returns the
+    ``pixels * blocks`` accumulator vectors (q = b * pixels + p), the builder left after the loops.
+    ``tail_v``: None, or the mask of each row's last word."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    count = pixels * blocks
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(i64, 8)
+    zero, one = ir.Constant(i64, 0), ir.Constant(i64, 1)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
+    zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    undef = ir.Constant(vec, ir.Undefined)
+
+    def splat(x):  # type: ignore[no-untyped-def]
+        return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
+                                      zero_mask)
+
+    init = [ir.Constant(vec, [0] * 8) for _ in range(count)]
+    entry = builder.block
+    row_head = builder.append_basic_block("xnor.row")
+    loop = builder.append_basic_block("xnor.loop")
+    row_end = builder.append_basic_block("xnor.rowend")
+    done = builder.append_basic_block("xnor.done")
+    go = builder.and_(builder.icmp_signed(">", n_v, zero), builder.icmp_signed(">", rows_v, zero))
+    builder.cbranch(go, row_head, done)
+
+    # Outer loop over kernel rows (strided in NHWC), inner loop over the contiguous words of a row.
+    builder.position_at_end(row_head)
+    k = builder.phi(i64)
+    racc = [builder.phi(vec) for _ in range(count)]
+    a_px, w_blk = row_pointers(k)
+    tail_mask = splat(tail_v) if tail_v is not None else None
+    builder.branch(loop)
+
+    builder.position_at_end(loop)
+    t = builder.phi(i64)
+    accs = [builder.phi(vec) for _ in range(count)]
+    t_next = builder.add(t, one)
+    wvs = [builder.load(builder.gep(w_blk[b], [t]), align=8) for b in range(blocks)]
+    mask = None
+    if tail_mask is not None:  # one select per step, shared by every pixel and block
+        mask = builder.select(builder.icmp_signed("<", t_next, n_v), ir.Constant(vec, [-1] * 8), tail_mask)
+    new_accs = [None] * count
+    for p in range(pixels):
+        xs = splat(builder.load(builder.gep(a_px[p], [t]), align=a_align))
+        for b in range(blocks):
+            q = b * pixels + p
+            diff = builder.xor(wvs[b], xs)
+            if mask is not None:
+                diff = builder.and_(diff, mask)
+            new_accs[q] = builder.add(accs[q], builder.call(ctpop, [diff]))
+    builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
+    t.add_incoming(zero, row_head)
+    t.add_incoming(t_next, loop)
+    for q in range(count):
+        accs[q].add_incoming(racc[q], row_head)
+        accs[q].add_incoming(new_accs[q], loop)
+
+    builder.position_at_end(row_end)
+    k_next = builder.add(k, one)
+    builder.cbranch(builder.icmp_signed("<", k_next, rows_v), row_head, done)
+    k.add_incoming(zero, entry)
+    k.add_incoming(k_next, row_end)
+    for q in range(count):
+        racc[q].add_incoming(init[q], entry)
+        racc[q].add_incoming(new_accs[q], row_end)
+
+    builder.position_at_end(done)
+    results = [builder.phi(vec) for _ in range(count)]  # LLVM wants all phis first
+    for q in range(count):
+        results[q].add_incoming(init[q], entry)
+        results[q].add_incoming(new_accs[q], row_end)
+    return results
+
+
+def _emit_store_epilogue(context, builder, signature, args, results, pixels: int, blocks: int):  # type: ignore[no-untyped-def]
+    """The ``store`` form of :func:`_make_xnor_rows`: dots (int32) or their float epilogue to the output."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(i64, 8)
+    undef = ir.Constant(vec, ir.Undefined)
+    zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+    oi_arr = context.make_array(signature.args[11])(context, builder, args[11])
+    of_arr = context.make_array(signature.args[12])(context, builder, args[12])
+    ep_arr = context.make_array(signature.args[13])(context, builder, args[13])
+    dst_v, ostride_v, o0_v, valid_v, affine_v = args[14], args[15], args[16], args[17], args[18]
+    f32x8 = ir.VectorType(ir.FloatType(), 8)
+    i32x8 = ir.VectorType(ir.IntType(32), 8)
+    fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32x8, [f32x8] * 3), "llvm.fma.v8f32")
+    valid_splat = builder.shuffle_vector(
+        builder.insert_element(undef, valid_v, ir.Constant(ir.IntType(32), 0)), undef, zero_mask)
+    dots = [builder.sub(valid_splat, builder.shl(r, ir.Constant(vec, [1] * 8))) for r in results]
+
+    def dst_of(q: int):  # type: ignore[no-untyped-def]
+        b, p = divmod(q, pixels)
+        return builder.add(builder.add(dst_v, o0_v),
+                           builder.add(builder.mul(ostride_v, ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
+
+    def epi_vec(row: int, b: int):  # type: ignore[no-untyped-def]
+        # Row ``row`` of the (4, C_out) epilogue table, channels o0 + 8b ... o0 + 8b + 7.
+        at = builder.add(builder.mul(ostride_v, ir.Constant(i64, row)), builder.add(o0_v, ir.Constant(i64, 8 * b)))
+        return builder.load(builder.bitcast(builder.gep(ep_arr.data, [at]), f32x8.as_pointer()), align=4)
+
+    with builder.if_else(affine_v) as (then, otherwise):
+        with then:
+            for b in range(blocks):
+                alpha, bias, bn_scale, bn_shift = (epi_vec(k, b) for k in range(4))
+                for p in range(pixels):
+                    q = b * pixels + p
+                    # The same float32 steps as :func:`epilogue`.
+                    t = builder.fadd(builder.fmul(builder.sitofp(dots[q], f32x8), alpha), bias)
+                    y = builder.call(fma8, [t, bn_scale, bn_shift])
+                    builder.store(y, builder.bitcast(builder.gep(of_arr.data, [dst_of(q)]),
+                                                     f32x8.as_pointer()), align=4)
+        with otherwise:
+            for q in range(len(results)):
+                builder.store(builder.trunc(dots[q], i32x8),
+                              builder.bitcast(builder.gep(oi_arr.data, [dst_of(q)]), i32x8.as_pointer()),
+                              align=4)
+
+
+def _emit_fused_epilogue(context, builder, signature, args, results, pixels: int):  # type: ignore[no-untyped-def]
+    """The ``fused`` form of :func:`_make_xnor_rows` (2 blocks = 16 output channels ``o0 ...``, as one
+    <16 x float> per pixel). Arguments after ``acc``: ``out, epi, dst, o0, c_out, valid, res, lo, hi,
+    signs, sdst, sstride, fuse_res, write_signs``. Pixel p's 16 values
+    ``y = fma(float(valid - 2 acc) * alpha + bias, bn_scale, bn_shift)`` (:func:`epilogue`'s steps), with
+    ``fuse_res`` then ``clamp(y + res, lo, hi)`` (a skip connection and its activation, as
+    :func:`._float_kernels.add_clamp16`), go to the flat output at ``dst + p * c_out + o0``
+    (``res`` at the same offsets); with ``write_signs`` the 16 bits ``y >= 0`` (NaN 0) go to ``signs``
+    at byte ``sdst + p * sstride`` as one little-endian uint16: the next layer's packed input.
+    """
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    f32x16 = ir.VectorType(ir.FloatType(), 16)
+    i32x16 = ir.VectorType(i32, 16)
+    arrays = {j: context.make_array(signature.args[j])(context, builder, args[j]) for j in (12, 13, 18, 21)}
+    out_arr, ep_arr, res_arr, sg_arr = arrays[12], arrays[13], arrays[18], arrays[21]
+    dst_v, o0_v, c_out_v, valid_v, lo_v, hi_v, sdst_v, sstride_v = (args[j] for j in (14, 15, 16, 17, 19, 20, 22, 23))
+    fuse_v, signs_v = args[24], args[25]
+    fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32x16, [f32x16] * 3), "llvm.fma.v16f32")
+    lanes0 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    def splat16(x, ty):  # type: ignore[no-untyped-def]
+        u = ir.Constant(ty, ir.Undefined)
+        return builder.shuffle_vector(builder.insert_element(u, x, ir.Constant(i32, 0)), u, lanes0)
+
+    def f16_at(arr, ofs):  # type: ignore[no-untyped-def]
+        return builder.bitcast(builder.gep(arr.data, [ofs]), f32x16.as_pointer())
+
+    # The counts are < 2^31: the low halves of the two blocks' i64 lanes, in channel order.
+    even = ir.Constant(ir.VectorType(i32, 16), list(range(0, 32, 2)))
+    valid16 = splat16(builder.trunc(valid_v, i32), i32x16)
+    alpha, bias, bn_scale, bn_shift = (
+        builder.load(f16_at(ep_arr, builder.add(builder.mul(c_out_v, ir.Constant(i64, j)), o0_v)), align=4)
+        for j in range(4))
+    ys, offsets = [], []
+    for p in range(pixels):
+        low = builder.shuffle_vector(builder.bitcast(results[p], i32x16), builder.bitcast(results[pixels + p], i32x16),
+                                     even)
+        dot = builder.sub(valid16, builder.shl(low, ir.Constant(i32x16, [1] * 16)))
+        t = builder.fadd(builder.fmul(builder.sitofp(dot, f32x16), alpha), bias)
+        ys.append(builder.call(fma16, [t, bn_scale, bn_shift]))
+        offsets.append(builder.add(builder.add(dst_v, o0_v), builder.mul(c_out_v, ir.Constant(i64, p))))
+    zero16 = ir.Constant(f32x16, [0.0] * 16)
+    i16 = ir.IntType(16)
+
+    def finish(values):  # type: ignore[no-untyped-def]
+        for p, v in enumerate(values):
+            builder.store(v, f16_at(out_arr, offsets[p]), align=4)
+        with builder.if_then(signs_v):
+            for p, v in enumerate(values):
+                bits = builder.bitcast(builder.fcmp_ordered(">=", v, zero16), i16)
+                at = builder.add(sdst_v, builder.mul(sstride_v, ir.Constant(i64, p)))
+                builder.store(bits, builder.bitcast(builder.gep(sg_arr.data, [at]), i16.as_pointer()), align=1)
+
+    with builder.if_else(fuse_v) as (then, otherwise):
+        with then:
+            lo16, hi16 = splat16(lo_v, f32x16), splat16(hi_v, f32x16)
+            clamped = []
+            for p in range(pixels):
+                v = builder.fadd(ys[p], builder.load(f16_at(res_arr, offsets[p]), align=4))
+                v = builder.select(builder.fcmp_ordered("<", v, lo16), lo16, v)  # _clamp's order: NaN, -0.0 kept
+                clamped.append(builder.select(builder.fcmp_ordered(">", v, hi16), hi16, v))
+            finish(clamped)
+        with otherwise:
+            finish(ys)
 
 
 @intrinsic

@@ -240,35 +240,45 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
 
 # Parameter columns of a tap-packed binary conv row after the common ones (c_out, kh, kw, sh, sw, ph, pw,
 # epilogue, weights offset, weights size): words per kernel row, offset in ``u64`` of the per-column
-# weight variants then taps inside, the interior columns [lo, hi), 16-bit units of a row buffer.
-P_TAP_WORDS, P_TAP_COLUMNS, P_TAP_LO, P_TAP_HI, P_TAP_UNITS = 10, 11, 12, 13, 14
+# weight variants then taps inside, the interior columns [lo, hi), bytes of an input row buffer, the
+# offset (in ``pk`` words) of this row's input row buffers, 1 when the producer of the input writes
+# them (else this row packs them), and for the output: the offset of the next tap-packed row's row
+# buffers this row writes (-1: none), that row's bytes per row and the byte of its column 0.
+P_TAP_WORDS, P_TAP_COLUMNS, P_TAP_LO, P_TAP_HI, P_TAP_ROWBYTES = 10, 11, 12, 13, 14
+P_TAP_SIGNS, P_TAP_READY, P_TAP_OUT, P_TAP_OUT_ROW, P_TAP_OUT_COL0 = 15, 16, 17, 18, 19
 
 
 @_jit()
 def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-untyped-def]
-    """One tap-packed binary conv row (:mod:`._tap_kernels`): pack, then the kernel with its epilogue
-    (and the fused residual add and activation when ``res`` has the output's shape)."""
+    """One tap-packed binary conv row (:mod:`._tap_kernels`): pack the input's signs unless its producer
+    wrote them, then the kernel with its epilogue (the fused residual add and activation when ``res``
+    has the output's shape; the next tap-packed layer's signs when this row writes them)."""
     n_, h_, w_, c_ = x.shape
     c_out, kh_, kw_, sh, sw, ph, pw = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
     epi = fp[p[7]:p[7] + 4 * c_out]
     wb = u64[p[8]:p[8] + p[9]]
-    nw, col, units = p[P_TAP_WORDS], p[P_TAP_COLUMNS], p[P_TAP_UNITS]
+    nw, col, rowbytes = p[P_TAP_WORDS], p[P_TAP_COLUMNS], p[P_TAP_ROWBYTES]
     ow_ = out.shape[2]
     variant, taps = u64[col:col + ow_], u64[col + ow_:col + 2 * ow_]
-    words = n_ * h_ * ow_ * nw
-    a = pk[:words]
-    bufs = pk[words:words + (n_ * h_ * units + 3) // 4].view(np.uint16)[:n_ * h_ * units]
+    a = pk[p[P_TAP_SIGNS]:p[P_TAP_SIGNS] + n_ * h_ * rowbytes // 8].view(np.uint8)
+    signs = a[:0]
+    if p[P_TAP_OUT] >= 0:
+        signs = pk[p[P_TAP_OUT]:p[P_TAP_OUT] + out.shape[0] * out.shape[1] * p[P_TAP_OUT_ROW] // 8].view(np.uint8)
+    tail = tk.tail_mask_of(c_, kw_, nw)
     lo, hi = np.float32(0), np.float32(0)
     if res.shape == out.shape:
         lo, hi = _res_bounds(p, fp)
     if par:
-        tk.pack_taps(xf, n_ * h_, w_, c_, kw_, sw, pw, ow_, nw, bufs, a)
-        tk.conv_taps(a, wb, h_, nw, kh_, kw_, c_, c_out, sh, ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, epi, out,
-                     res, lo, hi)
+        if p[P_TAP_READY] == 0:
+            tk.pack_signs(xf, n_ * h_, w_, c_, pw, rowbytes, a)
+        tk.conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_, c_out, sh, sw, ph, p[P_TAP_LO], p[P_TAP_HI], variant,
+                     taps, epi, out, res, lo, hi, signs, p[P_TAP_OUT_ROW], p[P_TAP_OUT_COL0])
     else:
-        tk.pack_taps_serial(xf, n_ * h_, w_, c_, kw_, sw, pw, ow_, nw, bufs, a)
-        tk.conv_taps_rows(0, out.shape[0] * out.shape[1], a, wb, h_, nw, kh_, kw_, c_, c_out, sh, ph, p[P_TAP_LO],
-                          p[P_TAP_HI], variant, taps, epi, out, res, lo, hi)
+        if p[P_TAP_READY] == 0:
+            tk.pack_signs_serial(xf, n_ * h_, w_, c_, pw, rowbytes, a)
+        tk.conv_taps_rows(0, out.shape[0] * out.shape[1], a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_, c_out, sh, sw,
+                          ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, epi, out, res, lo, hi, signs, p[P_TAP_OUT_ROW],
+                          p[P_TAP_OUT_COL0])
 
 
 # Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:

@@ -7,9 +7,12 @@ NHWC) are packed together, ``NW = ceil(KW * C / 64)`` words per output column: 1
 16 channels, 2 instead of 3 for 32. The convolution is then a ``KH x 1`` one over those words and
 runs on the same register-blocked vector kernels (``xnor_store_4x2`` ...).
 
-Packing, per input row: the signs of its pixels into a row buffer of 16-bit units with zero
-padding on both sides (one ``<16 x float>`` compare per 16 channels), then each output column's
-words by unaligned 64-bit loads from the buffer at the column's first tap.
+Packing, per input row: the signs of its pixels into a row buffer with zero padding on both sides
+(one ``<16 x float>`` compare per 16 channels, ``C / 8`` bytes a pixel). The conv reads each output
+column's kernel row in place, ``NW`` unaligned 64-bit loads at the column's first tap, the bits past
+the kernel row masked off. A tap-packed layer with a multiple of 16 output channels writes those
+row buffers for the next tap-packed layer itself, from the final values in its registers (after the
+skip connection), so that layer packs nothing.
 
 Zero padding stays exact: a tap in the padding has zero activation bits, and the output columns
 whose kernel row reaches into the padding use a copy of the weights with those taps zeroed too
@@ -88,20 +91,32 @@ def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(len(ranges), ob, 8, kh, nw).transpose(0, 1, 3, 4, 2))
 
 
-def row_buffer_units(w: int, c_in: int, pw: int) -> int:
-    """16-bit units of one input row's sign buffer: the row, its padding and 4 units of slack
-    (the last column's 64-bit load may reach past the padding; those bits are masked off)."""
-    return (w + 2 * pw) * (c_in // 16) + 4
+def row_bytes(w: int, c_in: int, pw: int) -> int:
+    """Bytes of one input row's sign buffer: the row and its zero padding (``C_in / 8`` bytes a pixel)
+    and 8 bytes of slack (a kernel row's last 64-bit load may reach past the padding; those bits are
+    masked off), rounded up to whole words."""
+    return ((w + 2 * pw) * c_in // 8 + 8 + 7) // 8 * 8
 
 
-_U16_FLAT = types.Array(types.uint16, 1, "C")
+@_jit()
+def tail_mask_of(c_in, kw, nw):  # type: ignore[no-untyped-def]
+    """The bits of a kernel row's last word (of ``nw``) that belong to it: ``kw * c_in`` bits in all;
+    the rest of the word is the next column's taps."""
+    tail = kw * c_in - 64 * (nw - 1)
+    if tail >= 64:
+        return np.uint64(0xFFFFFFFFFFFFFFFF)
+    return (np.uint64(1) << np.uint64(tail)) - np.uint64(1)
+
+
 _F32_FLAT = types.Array(types.float32, 1, "C")
+_U8_FLAT = types.Array(types.uint8, 1, "C")
 
 
 @intrinsic
-def sign_bits16(typingctx, x, off):  # type: ignore[no-untyped-def]
-    """Bits ``x[off + i] >= 0`` for i < 16 as one uint16 (one ``<16 x float>`` compare; NaN gives 0)."""
-    if x != _F32_FLAT or not isinstance(off, types.Integer):
+def store_sign_bits16(typingctx, x, off, buf, boff):  # type: ignore[no-untyped-def]
+    """``buf[boff:boff + 2]`` = the bits ``x[off + i] >= 0`` for i < 16, as one little-endian uint16
+    (one ``<16 x float>`` compare; NaN gives 0, as ``torch.where(x >= 0, 1, -1)`` gives -1)."""
+    if x != _F32_FLAT or buf != _U8_FLAT or not isinstance(off, types.Integer) or not isinstance(boff, types.Integer):
         return None
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -109,155 +124,149 @@ def sign_bits16(typingctx, x, off):  # type: ignore[no-untyped-def]
 
         _prefer_512_bit(builder.function)
         arr = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.make_array(signature.args[2])(context, builder, args[2])
         vty = ir.VectorType(ir.FloatType(), 16)
         v = builder.load(builder.bitcast(builder.gep(arr.data, [args[1]]), vty.as_pointer()), align=4)
-        return builder.bitcast(builder.fcmp_ordered(">=", v, ir.Constant(vty, [0.0] * 16)), ir.IntType(16))
+        bits = builder.bitcast(builder.fcmp_ordered(">=", v, ir.Constant(vty, [0.0] * 16)), ir.IntType(16))
+        builder.store(bits, builder.bitcast(builder.gep(out.data, [args[3]]), ir.IntType(16).as_pointer()), align=1)
+        return context.get_dummy_value()
 
-    return types.uint16(x, types.int64), codegen
-
-
-@intrinsic
-def load_u64_unaligned(typingctx, buf, off):  # type: ignore[no-untyped-def]
-    """The 64 bits at 16-bit unit ``off`` of ``buf`` (little-endian: unit ``off`` in the low bits)."""
-    if buf != _U16_FLAT or not isinstance(off, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        from llvmlite import ir
-
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), ir.IntType(64).as_pointer())
-        return builder.load(ptr, align=2)
-
-    return types.uint64(buf, types.int64), codegen
+    return types.void(x, types.int64, buf, types.int64), codegen
 
 
 @_jit()
-def _pack_taps_row(rr, xf, w_, c_, kw_, sw, pw, ow_, nw, buf, out):  # type: ignore[no-untyped-def]
-    """Input row ``rr`` (= n * H + ih) -> ``out[(rr * OW + ow) * NW + j]``, the NW words of every
-    output column's kernel row (its taps' signs, padding 0)."""
-    u = c_ // 16
-    base = rr * w_ * c_
-    for k in range(pw * u):
+def _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
+    """Input row ``rr`` (= n * H + ih) of NHWC ``xf`` -> bytes ``[rr * rowbytes, (rr + 1) * rowbytes)``
+    of ``buf``: ``pw`` zero pixels, the row's sign bits (``C / 8`` bytes a pixel), zeros to the end."""
+    cb = c_ // 8
+    start = rr * rowbytes
+    for k in range(start, start + pw * cb):
         buf[k] = 0
+    src = rr * w_ * c_
+    dst = start + pw * cb
     for iw in range(w_):
-        for j in range(u):
-            buf[(pw + iw) * u + j] = sign_bits16(xf, base + iw * c_ + 16 * j)
-    for k in range((pw + w_) * u, buf.size):
+        for j in range(0, c_, 16):
+            store_sign_bits16(xf, src + iw * c_ + j, buf, dst + iw * cb + j // 8)
+    for k in range(dst + w_ * cb, start + rowbytes):
         buf[k] = 0
-    tail = kw_ * c_ - 64 * (nw - 1)  # bits of the last word (1..64)
-    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if tail == 64 else (np.uint64(1) << np.uint64(tail)) - np.uint64(1)
-    for ow in range(ow_):
-        s = ow * sw * u
-        o = (rr * ow_ + ow) * nw
-        for j in range(nw - 1):
-            out[o + j] = load_u64_unaligned(buf, s + 4 * j)
-        out[o + nw - 1] = load_u64_unaligned(buf, s + 4 * (nw - 1)) & mask
 
 
 @_jit(parallel=True)
-def pack_taps(xf, rows, w_, c_, kw_, sw, pw, ow_, nw, bufs, out):  # type: ignore[no-untyped-def]
-    """:func:`_pack_taps_row` for ``rows`` (= N * H) input rows across threads; ``bufs`` uint16
-    ``(rows * row_buffer_units,)``, one row buffer each."""
-    units = bufs.size // rows
+def pack_signs(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
+    """:func:`_pack_sign_row` for ``rows`` (= N * H) input rows across threads: the row buffers a
+    tap-packed conv reads (``C`` a multiple of 16)."""
     for rr in prange(rows):
-        _pack_taps_row(rr, xf, w_, c_, kw_, sw, pw, ow_, nw, bufs[rr * units:(rr + 1) * units], out)
+        _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf)
 
 
 @_jit()
-def pack_taps_serial(xf, rows, w_, c_, kw_, sw, pw, ow_, nw, bufs, out):  # type: ignore[no-untyped-def]
-    """:func:`pack_taps` on the calling thread (one row buffer reused)."""
-    units = bufs.size // rows
+def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
+    """:func:`pack_signs` on the calling thread."""
     for rr in range(rows):
-        _pack_taps_row(rr, xf, w_, c_, kw_, sw, pw, ow_, nw, bufs[:units], out)
+        _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf)
+
+
+# The register blocks on the row buffers: bytes addressing, a tail mask per kernel row; the fused forms
+# (16 output channels) also add the skip connection and write the next layer's signs.
+xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
+xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
+_rows_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes")
+_rows_4x1 = nk._make_xnor_rows(nk.XNOR_PIXELS, 1, addressing="bytes")
+_rows_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes")
+_rows_1x1 = nk._make_xnor_rows(1, 1, addressing="bytes")
 
 
 @_jit()
-def conv_taps_rows(r0, r1, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, ow_hi, variant, taps, epi,
-                   out, res, lo, hi):  # type: ignore[no-untyped-def]
+def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant,
+                   taps, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """Output rows ``r0 <= r < r1`` (r = n * OH + oh) of a tap-packed binary conv with its float epilogue
-    and, when ``res`` has the output's shape, the residual add and activation ``clamp(row + res)``
-    of a skip connection, each row while it is still in L1.
+    and, when ``res`` has the output's shape, the residual add and activation ``clamp(out + res, lo, hi)``
+    of a skip connection.
 
-    a: uint64, the words of :func:`pack_taps` (flat ``(N, H, OW, NW)``); wb: uint64, the blocked
-    variants of :func:`block_tap_weights` (flat); ``[ow_lo, ow_hi)`` the output columns whose kernel
-    row lies inside the input (variant 0); ``variant`` / ``taps`` per output column (integers; uint64
-    in the plan); ``epi`` the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
+    a: uint8, the row buffers of :func:`pack_signs` (``rowbytes`` each; the conv reads each output
+    column's kernel row in place: ``nw`` unaligned words, the last masked by ``tail``); wb: uint64, the
+    blocked variants of :func:`block_tap_weights` (flat); ``[ow_lo, ow_hi)`` the output columns whose
+    kernel row lies inside the input (variant 0); ``variant`` / ``taps`` per output column (uint64 in
+    the plan); ``epi`` the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
+
+    When C_out is a multiple of 16 every output value is final in registers, and with a non-empty
+    ``signs`` its sign bits also go there, in the next tap-packed layer's row-buffer layout: row r at
+    byte ``r * srow``, column ow at ``scol0 + ow * C_out / 8`` - that layer then packs nothing.
     """
     acc = np.empty(16 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
+    outf = out.reshape(out.size)
     fuse = res.shape == out.shape
+    resf = res.reshape(res.size)
+    write = signs.size > 0
+    fused = c_out % 16 == 0
+    oh_, ow_ = out.shape[1], out.shape[2]
+    ob_ = (c_out + 7) // 8
+    wrow = nw * 8
+    wblk = kh_ * wrow          # words between blocks of 8 output channels
+    wvar = ob_ * wblk          # words between weight variants
+    astep = sw * (c_in // 8)   # bytes between output columns' first taps
+    blk = nk.XNOR_PIXELS
     for r in range(r0, r1):
-        _conv_taps_row(r, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, ow_hi, variant, taps, epi, out,
-                       acc, dummy)
-        if fuse:
+        n = r // oh_
+        oh = r - n * oh_
+        ih0 = oh * sh - ph
+        kh0 = max(0, -ih0)
+        rows = max(0, min(kh_, h_ - ih0) - kh0)
+        base = (n * h_ + ih0 + kh0) * rowbytes
+        for ob in range(0, ob_, 2):
+            o0 = ob * 8
+            two = ob + 1 < ob_
+            ow = 0
+            while ow < ow_:
+                # the last interior run: one block overlapping the previous one (same values rewritten)
+                if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
+                    ow = ow_hi - blk
+                abase = base + ow * astep
+                dst = (r * ow_ + ow) * c_out
+                sdst = r * srow + scol0 + (ow * c_out + o0) // 8
+                if ow >= ow_lo and ow + blk <= ow_hi:
+                    wofs = (ob * kh_ + kh0) * wrow
+                    valid = rows * kw_ * c_in
+                    if fused:
+                        xnor_taps_4x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf, epi,
+                                      dst, o0, c_out, valid, resf, lo, hi, signs, sdst, c_out // 8, fuse, write)
+                    elif two:
+                        _rows_4x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc)
+                        nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                        nk._write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
+                    else:
+                        _rows_4x1(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc)
+                        nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                    ow += blk
+                    continue
+                wofs = np.int64(variant[ow]) * wvar + (ob * kh_ + kh0) * wrow
+                valid = rows * np.int64(taps[ow]) * c_in
+                live = rows if valid > 0 else 0  # a column whose taps are all padding: dot 0
+                if fused:
+                    xnor_taps_1x2(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc, outf, epi, dst, o0,
+                                  c_out, valid, resf, lo, hi, signs, sdst, 0, fuse, write)
+                    ow += 1
+                    continue
+                acc[:16] = 0
+                if two:
+                    _rows_1x2(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc)
+                else:
+                    _rows_1x1(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc)
+                nk._write_block(acc, 1, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                if two:
+                    nk._write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
+                ow += 1
+        if fuse and not fused:
             fk._add_act_row(r, out, res, lo, hi, out)
 
 
 @_jit(parallel=True)
-def conv_taps(a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, ow_hi, variant, taps, epi, out, res, lo,
-              hi):  # type: ignore[no-untyped-def]
+def conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, epi,
+              out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """:func:`conv_taps_rows` of all output rows, in blocks of rows across threads."""
     rows = out.shape[0] * out.shape[1]
     blocks = min(rows, 64)  # (numba.get_num_threads() here would make the plan uncacheable: a ctypes global)
     for b in prange(blocks):
-        conv_taps_rows(b * rows // blocks, (b + 1) * rows // blocks, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph,
-                       ow_lo, ow_hi, variant, taps, epi, out, res, lo, hi)
-
-
-@_jit(inline="always")
-def _conv_taps_row(r, a, wb, h_, nw, kh_, kw_, c_in, c_out, sh, ph, ow_lo, ow_hi, variant, taps, epi, out, acc,
-                   dummy):  # type: ignore[no-untyped-def]
-    oh_, ow_ = out.shape[1], out.shape[2]
-    ob_ = (c_out + 7) // 8
-    n = r // oh_
-    oh = r - n * oh_
-    ih0 = oh * sh - ph
-    kh0 = max(0, -ih0)
-    rows = max(0, min(kh_, h_ - ih0) - kh0)
-    wrow = nw * 8
-    wblk = kh_ * wrow          # words between blocks of 8 output channels
-    wvar = ob_ * wblk          # words between weight variants
-    arow = ow_ * nw            # words between input rows
-    blk = nk.XNOR_PIXELS
-    for ob in range(0, ob_, 2):
-        o0 = ob * 8
-        two = ob + 1 < ob_
-        ow = 0
-        while ow < ow_:
-            # the last interior run: one block overlapping the previous one (same values rewritten)
-            if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
-                ow = ow_hi - blk
-            abase = ((n * h_ + ih0 + kh0) * ow_ + ow) * nw
-            if ow >= ow_lo and ow + blk <= ow_hi:
-                wofs = (ob * kh_ + kh0) * wrow
-                valid = rows * kw_ * c_in
-                if o0 + 16 <= c_out:
-                    nk.xnor_store_4x2(a, abase, nw, arow, wb, wofs, wrow, wblk, rows, nw, acc, dummy, out, epi,
-                                      (r * ow_ + ow) * c_out, c_out, o0, valid, True)
-                elif two:
-                    nk.xnor_rows_4x2(a, abase, nw, arow, wb, wofs, wrow, wblk, rows, nw, acc)
-                    nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
-                    nk._write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
-                else:
-                    nk.xnor_rows_4x1(a, abase, nw, arow, wb, wofs, wrow, wblk, rows, nw, acc)
-                    nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
-                ow += blk
-                continue
-            wofs = np.int64(variant[ow]) * wvar + (ob * kh_ + kh0) * wrow
-            valid = rows * np.int64(taps[ow]) * c_in
-            if valid > 0 and o0 + 16 <= c_out:
-                nk.xnor_store_1x2(a, abase, 0, arow, wb, wofs, wrow, wblk, rows, nw, acc, dummy, out, epi,
-                                  (r * ow_ + ow) * c_out, c_out, o0, valid, True)
-                ow += 1
-                continue
-            acc[:16] = 0
-            if valid > 0:
-                if two:
-                    nk.xnor_rows_1x2(a, abase, 0, arow, wb, wofs, wrow, wblk, rows, nw, acc)
-                else:
-                    nk.xnor_rows_1x1(a, abase, 0, arow, wb, wofs, wrow, wblk, rows, nw, acc)
-            nk._write_block(acc, 1, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
-            if two:
-                nk._write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
-            ow += 1
+        conv_taps_rows(b * rows // blocks, (b + 1) * rows // blocks, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in,
+                       c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, epi, out, res, lo, hi, signs, srow, scol0)

@@ -247,6 +247,9 @@ class _Builder:
         self.vals: list[list[int]] = []
         self.value_of: dict[str, int] = {}
         self.pk_words = 1
+        self.producer_row: dict[int, int] = {}
+        self.sign_words = 0  # row buffers of tap-packed rows, placed after the packing scratch
+        self.sign_patches: list[tuple[int, int]] = []  # (row, parameter) holding an offset into them
         self.x8_bytes = 64
         self.uses_amx = False
 
@@ -269,6 +272,7 @@ class _Builder:
         row[self.pk.F_OUT] = out
         row[self.pk.F_PARALLEL] = int(self.threads > 1 and work >= PARALLEL_MIN_WORK)
         row[self.pk.F_P:self.pk.F_P + len(params)] = params
+        self.producer_row[out] = len(self.rows)
         self.rows.append(row)
 
     def _tensor(self, node: _Node, role: str) -> np.ndarray:
@@ -333,20 +337,38 @@ class _Builder:
 
     def _taps(self, bits: np.ndarray, c_in: int, xshape: tuple, geom: tuple, params: list[int], work: int,
               node: _Node, v: int) -> None:
-        """A narrow layer on the avx512 path with each kernel row's taps packed together."""
+        """A narrow layer on the avx512 path with each kernel row's taps packed together, reading its
+        input's signs from row buffers of its own; a tap-packed producer of that input writes them."""
         from . import _tap_kernels as tk
 
+        pk = self.pk
         n, h, w = xshape
         kw, sw, pw, ow = geom
-        nw = tk.tap_words(c_in, kw)
         variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
         wb = tk.block_tap_weights(bits, c_in, ranges)
-        units = tk.row_buffer_units(w, c_in, pw)
-        ow_lo, ow_hi = tk.interior_columns(variant)
-        params += [self.u64.add(wb), wb.size, nw, self.u64.add(np.concatenate([variant, taps]).astype(np.uint64)),
-                   ow_lo, ow_hi, units]
-        self.pk_words = max(self.pk_words, n * h * ow * nw + (n * h * units + 3) // 4)
-        self._binary_row(self.pk.OP_BCONV_TAPS, node, v, params, work)
+        rowbytes = tk.row_bytes(w, c_in, pw)
+        signs = self.sign_words
+        self.sign_words += n * h * rowbytes // 8
+        params += [self.u64.add(wb), wb.size, tk.tap_words(c_in, kw),
+                   self.u64.add(np.concatenate([variant, taps]).astype(np.uint64)), *tk.interior_columns(variant),
+                   rowbytes, signs, int(self._link_signs(node.inputs[0], signs, rowbytes, pw * c_in // 8)), -1, 0, 0]
+        self.sign_patches.append((len(self.rows), pk.P_TAP_SIGNS))
+        self._binary_row(pk.OP_BCONV_TAPS, node, v, params, work)
+
+    def _link_signs(self, value: str, signs: int, rowbytes: int, col0: int) -> bool:
+        """Let the row that produces ``value`` write its signs into the row buffers at ``signs`` if it can:
+        a tap-packed row with a multiple of 16 output channels (its values are final in registers)
+        whose signs no other layer takes yet."""
+        pk = self.pk
+        r = self.producer_row.get(self.value_of[value])
+        if r is None:
+            return False
+        row = self.rows[r]
+        if row[pk.F_OP] != pk.OP_BCONV_TAPS or row[pk.F_P] % 16 != 0 or row[pk.F_P + pk.P_TAP_OUT] >= 0:
+            return False
+        row[pk.F_P + pk.P_TAP_OUT], row[pk.F_P + pk.P_TAP_OUT_ROW], row[pk.F_P + pk.P_TAP_OUT_COL0] = signs, rowbytes, col0
+        self.sign_patches.append((r, pk.P_TAP_OUT))
+        return True
 
     def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
              node: _Node, v: int) -> None:
@@ -509,10 +531,14 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
             b.float_node(node)
     out = b.value_of[output]
     size = b.place_values(out)
+    for r, col in b.sign_patches:  # the tap-packed rows' buffers go after the packing scratch
+        b.rows[r][b.pk.F_P + col] += b.pk_words
     ops = np.stack(b.rows)
     vals = np.asarray(b.vals, dtype=np.int64)
+    scratch = ak.aligned_empty(b.pk_words + b.sign_words, np.uint64)
+    scratch[:] = 0  # the row buffers' padding: their producers write only the pixels
     return _Plan(ops, vals, ak.aligned_empty(size, np.float32), b.fp.array(), b.u64.array(), b.i8.array(),
-                 b.i64.array(), ak.aligned_empty(b.pk_words, np.uint64), ak.aligned_empty(b.x8_bytes, np.int8),
+                 b.i64.array(), scratch, ak.aligned_empty(b.x8_bytes, np.int8),
                  out, b.uses_amx)
 
 
