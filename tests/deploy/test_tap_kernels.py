@@ -59,7 +59,7 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
     lo, hi = np.float32(-1.0), np.float32(1.0)
     srow = tk.row_bytes(ow, c_out, next_pw) if next_pw is not None else 0
     signs = np.zeros(n * oh * srow, np.uint8)
-    args = (a, rowbytes, wb, h, nw, tk.tail_mask_of(c, kw, nw), kh, kw, c, c_out, s, s, p, ow_lo, ow_hi,
+    args = (a, rowbytes, wb, h, nw, np.uint64(tk.tail_mask_of(c, kw, nw)), kh, kw, c, c_out, s, s, p, ow_lo, ow_hi,
             variant.astype(np.uint64), taps.astype(np.uint64), epi, out, r, lo, hi, signs, srow,
             (next_pw or 0) * c_out // 8)
     if parallel:
@@ -70,11 +70,12 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
 
 
 # (N, H, W, C_in, C_out, KH, KW, stride, pad): ResNet-20's narrow layers, odd sizes, a 5x5 kernel with
-# two padding columns, no padding, an input narrower than the kernel, C_out not a multiple of 16.
+# two padding columns, no padding, an input narrower than the kernel, C_out not a multiple of 16,
+# 64 channels (one word per tap: row buffers without shared words).
 SHAPES = [(1, 32, 32, 16, 16, 3, 3, 1, 1), (2, 7, 9, 16, 24, 3, 3, 1, 1), (1, 32, 32, 16, 32, 3, 3, 2, 1),
           (1, 16, 16, 32, 32, 3, 3, 1, 1), (1, 5, 6, 32, 8, 3, 3, 2, 1), (1, 9, 9, 16, 40, 5, 5, 1, 2),
           (1, 4, 4, 48, 16, 3, 3, 1, 1), (1, 6, 6, 16, 16, 3, 3, 1, 0), (1, 3, 2, 16, 16, 3, 3, 1, 1),
-          (1, 8, 8, 32, 16, 1, 3, 1, 1)]
+          (1, 8, 8, 32, 16, 1, 3, 1, 1), (1, 8, 8, 64, 64, 3, 3, 1, 1), (1, 9, 7, 64, 24, 3, 3, 2, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -113,7 +114,7 @@ def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) 
         np.testing.assert_array_equal(got.view(np.int32), np.clip(ref + res, -1, 1).view(np.int32))
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], (2, 7, 9, 16, 32, 3, 3, 1, 1)])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], (2, 7, 9, 16, 32, 3, 3, 1, 1), SHAPES[10]])
 @pytest.mark.parametrize("next_pw", [1, 2])
 def test_signs_written_for_the_next_layer_equal_its_own_packing(shape: tuple, next_pw: int) -> None:
     """A layer with 16k output channels writes the signs of its final values (after the skip connection)
@@ -157,8 +158,8 @@ def test_weight_layout_and_variants() -> None:
     assert int(wb[1, 0, 0, 0, 0]) == 0x8000 << 16 | 0x00F0 << 32
     assert int(wb[2, 0, 0, 0, 0]) == 0x0001 | 0x8000 << 16
     assert not wb[..., 1:].any()  # output channels past C_out: zero
-    assert tk.use_taps(16, 3) and tk.use_taps(32, 3) and not tk.use_taps(64, 3) and not tk.use_taps(16, 1)
-    assert not tk.use_taps(8, 3)
+    assert tk.use_taps(16, 3) and tk.use_taps(32, 3) and tk.use_taps(64, 3) and not tk.use_taps(16, 1)
+    assert not tk.use_taps(8, 3) and not tk.use_taps(128, 3)
 
 
 def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,12 +179,12 @@ def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monke
     meta, tensors = read_metadata(path), read_tensors(path)
     table = build_plan(meta, tensors, (2, 3, 32, 32), impl="avx512").ops
     ops = table[:, pk.F_OP]
-    assert int((ops == pk.OP_BCONV_TAPS).sum()) == 13  # 7 with 16 input channels, 6 with 32
-    assert int((ops == pk.OP_BCONV_AVX512).sum()) == 5  # 64 input channels: one word per tap already full
+    assert int((ops == pk.OP_BCONV_TAPS).sum()) == 18  # 7 with 16 input channels, 6 with 32, 5 with 64
+    assert int((ops == pk.OP_BCONV_AVX512).sum()) == 0
     taps = table[ops == pk.OP_BCONV_TAPS, pk.F_P:]
     # every tap-packed layer but the first (fed by the float stem) gets its signs from its producer,
-    # and each of the 12 producers writes them; the last (64 output channels) writes none
-    assert taps[:, pk.P_TAP_READY].tolist() == [0] + [1] * 12
+    # and each of the 17 producers writes them; the last (feeding the pooling) writes none
+    assert taps[:, pk.P_TAP_READY].tolist() == [0] + [1] * 17
     assert (taps[:-1, pk.P_TAP_OUT] >= 0).all() and taps[-1, pk.P_TAP_OUT] == -1
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     got = load(path, impl="avx512", num_threads=1)(x)
@@ -203,7 +204,7 @@ def test_bench_names_the_tap_packed_layers(tmp_path: Path, monkeypatch: pytest.M
 
     path = tmp_path / "r20.recu"
     export(models.create("resnet20_1w1a").eval(), path)
-    assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers, 13 tap-packed)"
+    assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers, 18 tap-packed)"
     assert kernel_summary(load(path, impl="avx512", engine="layers")) == "avx512 (18 layers)"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers)"

@@ -39,9 +39,10 @@ def tap_words(c_in: int, kw: int) -> int:
 
 
 def use_taps(c_in: int, kw: int) -> bool:
-    """Whether tap-row packing applies and saves words: 16-bit channel units, one word per tap at
-    most (``c_in <= 64``), and fewer words than one per tap."""
-    return c_in % 16 == 0 and c_in <= 64 and tap_words(c_in, kw) < kw
+    """Whether this module's kernels apply: 16-bit channel units, one word per tap at most
+    (``c_in <= 64``) and a kernel row of several taps. Below 64 channels tap packing saves words;
+    at 64 the row buffers still save the pack pass (written by the producer) and the skip's pass."""
+    return c_in % 16 == 0 and c_in <= 64 and kw > 1
 
 
 def column_variants(w: int, kw: int, sw: int, pw: int, ow: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -104,7 +105,7 @@ def tail_mask_of(c_in, kw, nw):  # type: ignore[no-untyped-def]
     the rest of the word is the next column's taps."""
     tail = kw * c_in - 64 * (nw - 1)
     if tail >= 64:
-        return np.uint64(0xFFFFFFFFFFFFFFFF)
+        return ~np.uint64(0)
     return (np.uint64(1) << np.uint64(tail)) - np.uint64(1)
 
 
