@@ -5,7 +5,7 @@ so a 16-channel layer uses 16 bits of each word: a 3x3 kernel costs 9 words per 
 its 144 bits fit in 3. Here the signs of one kernel row (``KW`` taps x ``C`` channels, contiguous in
 NHWC) are packed together, ``NW = ceil(KW * C / 64)`` words per output column: 1 instead of 3 for
 16 channels, 2 instead of 3 for 32. The convolution is then a ``KH x 1`` one over those words and
-runs on the same register-blocked vector kernels (``xnor_store_4x2`` ...).
+runs on the register-blocked vector loops of ``_numba_kernels._make_xnor_rows`` (byte addressing, fused epilogue).
 
 Packing, per input row: the signs of its pixels into a row buffer with zero padding on both sides
 (one ``<16 x float>`` compare per 16 channels, ``C / 8`` bytes a pixel). The conv reads each output
