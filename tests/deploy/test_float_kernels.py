@@ -255,6 +255,21 @@ def test_avg_pool2d_is_torch_bit_for_bit(pool: tuple, count_include_pad: bool, m
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels,before,after", [(16, 8, 8), (32, 0, 16), (5, 3, 0), (16, 0, 0)])
+def test_avg_pool2d_with_channel_padding_is_pad_of_the_pool(channels: int, before: int, after: int,
+                                                           variant: str) -> None:
+    """The option-A shortcut in one pass: ``F.pad`` of ``F.avg_pool2d`` bit for bit, every padded channel
+    written (the output starts as NaN), on the vector path (16k channels) and the scalar one."""
+    x = torch.randn(2, channels, 10, 10, generator=torch.Generator().manual_seed(9)) * 5
+    want = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, before, after))
+    out = np.full(nhwc(want).shape, np.nan, np.float32)
+    kernel("avg_pool2d_nhwc", variant)(nhwc(x), 2, 2, 2, 2, 0, 0, True, out, before, after)
+    assert_same_floats(out, nhwc(want))
+    with pytest.raises(ValueError, match="batch size and channels"):
+        kernel("avg_pool2d_nhwc", variant)(nhwc(x), 2, 2, 2, 2, 0, 0, True, out, before, after + 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("pool", POOLS)
 def test_max_pool2d_is_torch_bit_for_bit(pool: tuple, memory_format: torch.memory_format, variant: str) -> None:

@@ -199,6 +199,33 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
 
 
+def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-20's two option-A shortcuts (avg pool, then zero channels) are one row each, which writes
+    the padded value; the logits are bit-identical to the two-row plan's, with one or two threads."""
+    from recu.deploy import _numba_kernels as nk
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    _, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    shape = (2, 3, 32, 32)
+    fused = P.build_plan(meta, tensors, shape)
+    pools = fused.ops[fused.ops[:, pk.F_OP] == pk.OP_AVG_POOL]
+    assert int((fused.ops[:, pk.F_OP] == pk.OP_PAD_CHANNELS).sum()) == 0
+    assert [tuple(fused.vals[r[pk.F_OUT], 1:]) for r in pools] == [(2, 16, 16, 32), (2, 8, 8, 64)]
+    assert [tuple(r[pk.F_P + 9:pk.F_P + 11]) for r in pools] == [(8, 8), (16, 16)]
+    x = _images(2, 32, seed=8)
+    got = load(path, num_threads=1)(x)
+    with monkeypatch.context() as m:
+        m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
+        np.testing.assert_array_equal(got, load(path, num_threads=2)(x))
+    monkeypatch.setattr(P, "fuse_pool_channel_pad", lambda nodes, output: (nodes, output))
+    unfused = P.build_plan(meta, tensors, shape)
+    assert int((unfused.ops[:, pk.F_OP] == pk.OP_PAD_CHANNELS).sum()) == 2
+    np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
+
+
 @pytest.mark.parametrize("impl", IMPLS[:1] + ["portable"])
 @pytest.mark.parametrize("name,size,fused_bns", [("resnet20_1w1a", 32, 1), ("resnet18_1w1a_imagenet", 64, 4)])
 def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int,

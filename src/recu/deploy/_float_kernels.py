@@ -362,10 +362,10 @@ def _check_channels(x, vec):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
-def _check_pool(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
+def _check_pool(x, kh, kw, sh, sw, ph, pw, out, channels):  # type: ignore[no-untyped-def]
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError("pooling: kernel and stride must be >= 1 and padding >= 0")
-    if out.shape[0] != x.shape[0] or out.shape[3] != x.shape[3]:
+    if out.shape[0] != x.shape[0] or out.shape[3] != channels:
         raise ValueError("pooling: out must have the input's batch size and channels")
     if out.shape[1] != (x.shape[1] + 2 * ph - kh) // sh + 1 or out.shape[2] != (x.shape[2] + 2 * pw - kw) // sw + 1:
         raise ValueError("pooling: out has the wrong spatial size for this kernel, stride and padding")
@@ -867,10 +867,11 @@ def prelu_serial(x, weight, out):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
-    """Output row ``r`` of :func:`avg_pool2d_nhwc`, in the steps of PyTorch's CPU kernel."""
+def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out):  # type: ignore[no-untyped-def]
+    """Output row ``r`` of :func:`avg_pool2d_nhwc`, in the steps of PyTorch's CPU kernel; the pooled
+    channels go to ``out``'s channels ``[before, before + C)``, its others are set to 0."""
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
-    oh_, ow_ = out.shape[1], out.shape[2]
+    oh_, ow_, co_ = out.shape[1], out.shape[2], out.shape[3]
     n = r // oh_
     oh = r - n * oh_
     ih0 = oh * sh - ph
@@ -882,43 +883,57 @@ def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # ty
         iw1 = min(iw0 + kw, w_ + pw)
         iws = max(iw0, 0)
         iwe = min(iw1, w_)
-        for c in range(c_):
+        for c in range(before):
             out[n, oh, ow, c] = 0.0
-        if ihs >= ihe or iws >= iwe:  # the window lies in the padding only
-            continue
-        if count_include_pad:
-            count = (ih1 - ih0) * (iw1 - iw0)
-        else:
-            count = (ihe - ihs) * (iwe - iws)
-        if c_ % 16 == 0:  # the window's sums in vector registers: the loop below runs in memory
+        for c in range(before + c_, co_):
+            out[n, oh, ow, c] = 0.0
+        empty = ihs >= ihe or iws >= iwe  # the window lies in the padding only
+        if c_ % 16 == 0 and not empty:  # the window's sums in vector registers, stored once
+            count = (ih1 - ih0) * (iw1 - iw0) if count_include_pad else (ihe - ihs) * (iwe - iws)
             for c in range(0, c_, 16):
                 window_mean16(x, ((n * h_ + ihs) * w_ + iws) * c_ + c, ihe - ihs, iwe - iws, w_ * c_, c_, out,
-                              ((n * oh_ + oh) * ow_ + ow) * c_ + c, np.float32(count))
+                              ((n * oh_ + oh) * ow_ + ow) * co_ + before + c, np.float32(count))
             continue
+        for c in range(c_):
+            out[n, oh, ow, before + c] = 0.0
+        if empty:
+            continue
+        count = (ih1 - ih0) * (iw1 - iw0) if count_include_pad else (ihe - ihs) * (iwe - iws)
         for ih in range(ihs, ihe):
             for iw in range(iws, iwe):
                 for c in range(c_):
-                    out[n, oh, ow, c] += x[n, ih, iw, c]
+                    out[n, oh, ow, before + c] += x[n, ih, iw, c]
         divisor = np.float32(count)
         for c in range(c_):
-            out[n, oh, ow, c] = out[n, oh, ow, c] / divisor
+            out[n, oh, ow, before + c] = out[n, oh, ow, before + c] / divisor
+
+
+@_jit(inline="always")
+def _check_avg_pool(x, kh, kw, sh, sw, ph, pw, before, after, out):  # type: ignore[no-untyped-def]
+    if before < 0 or after < 0:
+        raise ValueError("avg pooling: before and after must be >= 0")
+    return _check_pool(x, kh, kw, sh, sw, ph, pw, out, before + x.shape[3] + after)
 
 
 @_jit(parallel=True)
-def avg_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
+def avg_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, before=0, after=0):  # type: ignore[no-untyped-def]
     """``F.avg_pool2d`` (ceil_mode False) bit for bit: taps summed row-major in float32 from 0.0,
-    then divided once by the count (the whole window with ``count_include_pad``, else its valid taps)."""
-    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    then divided once by the count (the whole window with ``count_include_pad``, else its valid taps).
+
+    ``before``, ``after``: zero channels around the pooled ones in ``out`` (N, OH, OW, before + C +
+    after): the option-A shortcut's pool and channel padding in one pass.
+    """
+    rows = _check_avg_pool(x, kh, kw, sh, sw, ph, pw, before, after, out)
     for r in prange(rows):
-        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out)
+        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out)
 
 
 @_jit()
-def avg_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):  # type: ignore[no-untyped-def]
+def avg_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, before=0, after=0):  # type: ignore[no-untyped-def]
     """:func:`avg_pool2d_nhwc` on the calling thread."""
-    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    rows = _check_avg_pool(x, kh, kw, sh, sw, ph, pw, before, after, out)
     for r in range(rows):
-        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, out)
+        _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out)
 
 
 @_jit()
@@ -949,7 +964,7 @@ def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyp
 def max_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     """``F.max_pool2d`` (dilation 1, ceil_mode False): padding never wins, NaN propagates, and of
     equal values (0.0 and -0.0) the first tap in row-major order is kept, as PyTorch does."""
-    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out, x.shape[3])
     for r in prange(rows):
         _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
 
@@ -957,7 +972,7 @@ def max_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-
 @_jit()
 def max_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     """:func:`max_pool2d_nhwc` on the calling thread."""
-    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out)
+    rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out, x.shape[3])
     for r in range(rows):
         _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
 

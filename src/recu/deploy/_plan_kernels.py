@@ -90,7 +90,7 @@ OP_ADD_ACT = 8        # residual add + activation
 OP_BIAS_ACT = 9       # per-channel bias + activation
 OP_ACT = 10           # activation alone
 OP_PRELU = 11
-OP_AVG_POOL = 12
+OP_AVG_POOL = 12      # with zero channels around the pooled ones (a channel pad fused into it)
 OP_MAX_POOL = 13
 OP_GLOBAL_AVG_POOL = 14
 OP_PAD_CHANNELS = 15
@@ -355,9 +355,9 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
             fk.prelu_serial(x, weight, out)
     elif op == OP_AVG_POOL:
         if par:
-            fk.avg_pool2d_nhwc(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out)
+            fk.avg_pool2d_nhwc(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out, p[9], p[10])
         else:
-            fk.avg_pool2d_nhwc_serial(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out)
+            fk.avg_pool2d_nhwc_serial(x, p[2], p[3], p[4], p[5], p[6], p[7], p[8] != 0, out, p[9], p[10])
     elif op == OP_MAX_POOL:
         if par:
             fk.max_pool2d_nhwc(x, p[2], p[3], p[4], p[5], p[6], p[7], out)

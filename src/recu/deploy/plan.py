@@ -214,6 +214,22 @@ def _batch_norm_into_conv(nd: _Node, by_name: dict[str, _Node],
     return conv, replace(conv, name=nd.name, bn=nd, act=nd.act, lo=nd.lo, hi=nd.hi)
 
 
+def _channel_pad_into_avg_pool(nd: _Node, by_name: dict[str, _Node],
+                               users: dict[str, int]) -> Optional[tuple[_Node, _Node]]:
+    pool = by_name.get(nd.inputs[0]) if nd.op == "pad_channels" and nd.inputs else None
+    if (pool is None or pool.op != "avg_pool2d" or pool.act != ACT_NONE or nd.act != ACT_NONE
+            or "pad_before" in pool.attrs or users.get(pool.name) != 1):
+        return None
+    attrs = {**pool.attrs, "pad_before": int(nd.attrs["before"]), "pad_after": int(nd.attrs["after"])}
+    return pool, replace(pool, name=nd.name, attrs=attrs)
+
+
+def fuse_pool_channel_pad(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
+    """Fold each ``pad_channels`` into the ``avg_pool2d`` that feeds it alone (the option-A shortcut of
+    the CIFAR ResNets): one pass writes the pooled channels and the zeros around them."""
+    return _fold_into_producers(nodes, output, _channel_pad_into_avg_pool)
+
+
 def fuse_residuals(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
     """Fold each ``add`` (with its activation) into a binary conv that feeds that add alone: the conv's
     row then adds the skip connection and applies the activation to each output row while it is still
@@ -448,10 +464,11 @@ class _Builder:
             sh, sw = _pair(node.attrs.get("stride") or node.attrs["kernel"])
             ph, pw = _pair(node.attrs.get("padding", 0))
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
-            v = self._value(node.name, (n, oh, ow, c))
+            before, after = int(node.attrs.get("pad_before", 0)), int(node.attrs.get("pad_after", 0))
+            v = self._value(node.name, (n, oh, ow, before + c + after))
             params = act + [kh, kw, sh, sw, ph, pw]
             if op == "avg_pool2d":
-                params.append(int(bool(node.attrs.get("count_include_pad", True))))
+                params += [int(bool(node.attrs.get("count_include_pad", True))), before, after]
             self._row(pk.OP_AVG_POOL if op == "avg_pool2d" else pk.OP_MAX_POOL, node.inputs, v, params, size)
         elif op == "global_avg_pool":
             v = self._value(node.name, (n, 1, 1, c))
@@ -520,7 +537,7 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     graph = meta.get("graph")
     if not graph:
         raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
-    nodes, output = fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph)))
+    nodes, output = fuse_pool_channel_pad(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph))))
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
     b.input(graph["input"]["name"], (n, h, w, c))
