@@ -244,10 +244,11 @@ POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1)]  # (kernel, stride, padding)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("channels", [37, 32])  # scalar; 16-lane vectors (divisors 9, 6, 4, 2: divide or multiply)
 def test_avg_pool2d_is_torch_bit_for_bit(pool: tuple, count_include_pad: bool, memory_format: torch.memory_format,
-                                        variant: str) -> None:
+                                        variant: str, channels: int) -> None:
     k, s, p = pool
-    x = (torch.randn(2, 37, 9, 11, generator=torch.Generator().manual_seed(7)) * 10)
+    x = (torch.randn(2, channels, 9, 11, generator=torch.Generator().manual_seed(7)) * 10)
     want = F.avg_pool2d(x.contiguous(memory_format=memory_format), k, s, p, count_include_pad=count_include_pad)
     out = np.full(nhwc(want).shape, np.nan, np.float32)
     kernel("avg_pool2d_nhwc", variant)(nhwc(x), k, k, s, s, p, p, count_include_pad, out)

@@ -662,11 +662,52 @@ def window_mean16(typingctx, x, base, rows, cols, rowstride, colstride, out, oof
         total = builder.phi(v16)
         total.add_incoming(init, entry)
         total.add_incoming(new_acc, row_end)
-        mean = builder.fdiv(total, _splat(builder, divisor, v16))
+        # A divisor 2**k: the product with 2**-k is the same real number as the quotient, so it rounds to
+        # the same float32 (denormals included), and a multiply is ~10x cheaper than a 16-lane divide.
+        dbits = builder.bitcast(divisor, ir.IntType(32))
+        power_of_two = builder.icmp_unsigned("==", builder.and_(dbits, ir.Constant(ir.IntType(32), 0x7FFFFF)),
+                                             ir.Constant(ir.IntType(32), 0))
+        normal = builder.icmp_unsigned("<", builder.sub(builder.lshr(dbits, ir.Constant(ir.IntType(32), 23)),
+                                                        ir.Constant(ir.IntType(32), 1)),
+                                       ir.Constant(ir.IntType(32), 253))  # 2**-k normal too (k in -126..126)
+        exact_inverse = builder.and_(power_of_two, normal)
+        by_product = builder.append_basic_block("pool.mul")
+        by_quotient = builder.append_basic_block("pool.div")
+        store = builder.append_basic_block("pool.store")
+        builder.cbranch(exact_inverse, by_product, by_quotient)
+        builder.position_at_end(by_product)
+        inverse = builder.fdiv(ir.Constant(ir.FloatType(), 1.0), divisor)  # scalar, exact here
+        product = builder.fmul(total, _splat(builder, inverse, v16))
+        builder.branch(store)
+        builder.position_at_end(by_quotient)
+        quotient = builder.fdiv(total, _splat(builder, divisor, v16))
+        builder.branch(store)
+        builder.position_at_end(store)
+        mean = builder.phi(v16)
+        mean.add_incoming(product, by_product)
+        mean.add_incoming(quotient, by_quotient)
         builder.store(mean, builder.bitcast(builder.gep(o_arr.data, [ooff]), v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def zero16(typingctx, out, ooff):  # type: ignore[no-untyped-def]
+    """``out[ooff + i] = 0.0`` for i < 16 (one vector store)."""
+    if not (_f32_c(out) and isinstance(ooff, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        from llvmlite import ir
+
+        v16 = ir.VectorType(ir.FloatType(), 16)
+        o_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.store(ir.Constant(v16, [0.0] * 16), builder.bitcast(builder.gep(o_arr.data, [args[1]]),
+                                                                    v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(out, types.int64), codegen
 
 
 @intrinsic
@@ -866,6 +907,18 @@ def prelu_serial(x, weight, out):  # type: ignore[no-untyped-def]
 # Pooling. Rows are (n, oh).
 
 
+@_jit(inline="always")
+def _zero_channels(out, n, h, w, c0, count):  # type: ignore[no-untyped-def]
+    """``out[n, h, w, c0:c0 + count] = 0``: 16-lane stores (flat offsets; a reshape here would call
+    numba's C reshape helper per pixel), then single ones."""
+    vec = count // 16 * 16
+    ofs = ((n * out.shape[1] + h) * out.shape[2] + w) * out.shape[3] + c0
+    for i in range(0, vec, 16):
+        zero16(out, ofs + i)
+    for c in range(c0 + vec, c0 + count):
+        out[n, h, w, c] = 0.0
+
+
 @_jit()
 def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out):  # type: ignore[no-untyped-def]
     """Output row ``r`` of :func:`avg_pool2d_nhwc`, in the steps of PyTorch's CPU kernel; the pooled
@@ -883,10 +936,11 @@ def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out
         iw1 = min(iw0 + kw, w_ + pw)
         iws = max(iw0, 0)
         iwe = min(iw1, w_)
-        for c in range(before):
-            out[n, oh, ow, c] = 0.0
-        for c in range(before + c_, co_):
-            out[n, oh, ow, c] = 0.0
+        if co_ % 16 == 0 and co_ > c_:  # whole vectors of zeros (the pooled channels overwrite theirs)
+            _zero_channels(out, n, oh, ow, 0, co_)
+        else:
+            _zero_channels(out, n, oh, ow, 0, before)
+            _zero_channels(out, n, oh, ow, before + c_, co_ - before - c_)
         empty = ihs >= ihe or iws >= iwe  # the window lies in the padding only
         if c_ % 16 == 0 and not empty:  # the window's sums in vector registers, stored once
             count = (ih1 - ih0) * (iw1 - iw0) if count_include_pad else (ihe - ihs) * (iwe - iws)
