@@ -122,6 +122,26 @@ def test_conv2d_is_pytorch_float32_conv_bit_for_bit(case: tuple, variant: str) -
         assert torch.equal(got, want.contiguous()), fmt
 
 
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
+@pytest.mark.parametrize("case", [c for c in TORCH_EXACT_CASES if c[7] > 0])
+def test_conv2d_on_an_input_padded_by_the_input_row_is_pytorch_conv(case: tuple, variant: str) -> None:
+    """The plan's input row writes the stem's zero columns (``nchw_to_nhwc(x, out, pw)``) and the stem
+    runs without horizontal padding (register blocks only): the padding taps then add exact zeros, so
+    the outputs are PyTorch's padded conv bit for bit."""
+    n, c, h, w, o, k, s, p = case
+    g = torch.Generator().manual_seed(8)
+    x, weight = torch.randn(n, c, h, w, generator=g), torch.randn(o, c, k, k, generator=g) * 0.2
+    x[0, :, :, :3] = -0.0  # zeros of both signs next to the padding
+    padded = np.full((n, h, w + 2 * p, c), np.nan, np.float32)
+    base, wide = variant.removesuffix("_wide"), variant.endswith("_wide")
+    kernel("nchw_to_nhwc", base)(x.numpy(), padded, p)
+    assert_same_floats(padded, nhwc(F.pad(x, (p, p))))
+    out = np.full((n, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, o), np.nan, np.float32)
+    w_hwio = np.ascontiguousarray(weight.permute(2, 3, 1, 0).numpy())
+    kernel("conv2d_nhwc", base)(padded, w_hwio, np.zeros(o, np.float32), s, s, p, 0, out, wide)
+    assert torch.equal(nchw(out), F.conv2d(x, weight, None, s, p))
+
+
 def test_conv2d_register_blocked_and_per_pixel_paths_agree() -> None:
     # O = 16 runs every pixel through the register-blocked kernel; O = 15 runs all of them through
     # the per-pixel loop. Same sum order in both, so the same 15 channels are the same bits.

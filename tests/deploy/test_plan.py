@@ -199,6 +199,37 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
 
 
+@pytest.mark.parametrize("name,size,pad", [("resnet20_1w1a", 32, 1), ("resnet18_1w1a_imagenet", 64, 3)])
+def test_input_row_pads_the_stem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int,
+                                 pad: int) -> None:
+    """The input row writes the stem's zero columns and the stem runs without horizontal padding; the
+    logits are bit-identical to the plan whose stem pads itself. A stem weight that is not finite
+    (0 * inf is NaN) keeps the stem's own padding."""
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    _, path = _exported(tmp_path, name, size)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    shape = (2, 3, size, size)
+    plan = P.build_plan(meta, tensors, shape)
+    stem = plan.ops[1]
+    assert plan.ops[0, pk.F_OP] == pk.OP_INPUT and plan.ops[0, pk.F_P] == pad
+    assert tuple(plan.vals[plan.ops[0, pk.F_OUT], 1:]) == (2, size, size + 2 * pad, 3)
+    assert stem[pk.F_OP] == pk.OP_CONV and stem[pk.F_P + 9] == 0  # its pw
+    x = _images(2, size, seed=9)
+    got = load(path, num_threads=1)(x)
+    monkeypatch.setattr(P, "pad_input_for_conv", lambda nodes, name, tensors: 0)
+    unpadded = P.build_plan(meta, tensors, shape)
+    assert unpadded.ops[0, pk.F_P] == 0 and unpadded.ops[1, pk.F_P + 9] == pad
+    np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
+    monkeypatch.undo()
+    key = next(nd["tensors"]["weight"] for nd in meta["graph"]["nodes"] if nd["op"] == "conv2d")
+    tensors[key] = np.array(tensors[key], np.float32)
+    tensors[key].flat[0] = np.inf
+    assert P.build_plan(meta, tensors, shape).ops[0, pk.F_P] == 0
+
+
 def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ResNet-20's two option-A shortcuts (avg pool, then zero channels) are one row each, which writes
     the padded value; the logits are bit-identical to the two-row plan's, with one or two threads."""

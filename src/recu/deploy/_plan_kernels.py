@@ -78,7 +78,7 @@ def ensure_fresh_cache() -> None:
 
 
 # Operation codes.
-OP_INPUT = 0          # NCHW input -> NHWC value
+OP_INPUT = 0          # NCHW input -> NHWC value (zero columns each side: the padding of the conv reading it)
 OP_BCONV_AVX512 = 1   # sign + pack, XNOR-popcount (512-bit), float epilogue
 OP_BCONV_AVX2 = 2     # sign + pack, XNOR-popcount (256-bit, nibble-lookup popcount)
 OP_BCONV_PORTABLE = 3  # sign + pack, scalar SWAR popcount
@@ -287,19 +287,12 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
 P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE = 10, 11, 12, 13
 
 
-@_jit()
-def _conv_bn_rows(r0, r1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
-    """Output rows [r0, r1) of a float conv, each followed at once (still in cache) by its
-    BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
-    for r in range(r0, r1):
-        fk._conv2d_row(r, x, w, bias, sh, sw, ph, pw, out, wide)
-        fk._affine_act_row(r, out, scale, shift, lo, hi, out)
-
-
 @_jit(parallel=True)
 def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
+    """A float conv's output rows across threads, each followed at once (still in cache) by its
+    BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
     for r in prange(out.shape[0] * out.shape[1]):
-        _conv_bn_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide)
+        fk._conv2d_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo, hi)
 
 
 @_jit()
@@ -318,8 +311,8 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
             if par:
                 _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, out, wide)
             else:
-                _conv_bn_rows(0, out.shape[0] * out.shape[1], x, w, bias, p[6], p[7], p[8], p[9], scale, shift,
-                              lo32, hi32, out, wide)
+                fk._conv2d_rows(0, out.shape[0] * out.shape[1], x, w, bias, p[6], p[7], p[8], p[9], out, wide,
+                                scale, shift, lo32, hi32)
         elif par:
             fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out, wide)
         else:
@@ -397,9 +390,9 @@ def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def
     out = _view(arena, vals, ops[r, F_OUT])
     if op == OP_INPUT:
         if par:
-            fk.nchw_to_nhwc(x_in, out)
+            fk.nchw_to_nhwc(x_in, out, p[0])
         else:
-            fk.nchw_to_nhwc_serial(x_in, out)
+            fk.nchw_to_nhwc_serial(x_in, out, p[0])
         return True
     if op == OP_BCONV_AMX8 or op == OP_BCONV_AMX1:
         return False

@@ -245,6 +245,23 @@ def fuse_conv_batch_norm(nodes: list[_Node], output: str) -> tuple[list[_Node], 
     return _fold_into_producers(nodes, output, _batch_norm_into_conv)
 
 
+def pad_input_for_conv(nodes: list[_Node], name: str, tensors: dict) -> int:
+    """Zero columns the input row writes around the network input: the horizontal padding of the float
+    conv that is its only reader (the stem), which then runs on register blocks alone, no edge pixels
+    (marked on the node as ``input_padded``). Exact: the fma chain starts at +0.0 and never becomes
+    -0.0, so a padding tap adds an exact 0 - unless a weight is inf or NaN (then 0 * w is NaN)."""
+    readers = [nd for nd in nodes if name in nd.inputs]
+    if len(readers) != 1 or readers[0].op != "conv2d" or readers[0].inputs != [name]:
+        return 0
+    conv = readers[0]
+    pw = _pair(conv.attrs.get("padding", 0))[1]
+    key = conv.tensors.get("weight")
+    if pw == 0 or key not in tensors or not np.isfinite(np.asarray(tensors[key], np.float32)).all():
+        return 0
+    conv.attrs["input_padded"] = pw
+    return pw
+
+
 class _Builder:
     """Turns fused nodes into the executor's tables for one input shape, kernel choice and thread count."""
 
@@ -302,9 +319,11 @@ class _Builder:
         return [node.act, bounds]
 
     # -- operations -----------------------------------------------------------------------------
-    def input(self, name: str, shape: tuple[int, int, int, int]) -> None:
-        v = self._value(name, shape)
-        self._row(self.pk.OP_INPUT, [], v, [], int(np.prod(shape)))
+    def input(self, name: str, shape: tuple[int, int, int, int], pad: int = 0) -> None:
+        """The NCHW input as an NHWC value with ``pad`` zero columns each side."""
+        n, h, w, c = shape
+        v = self._value(name, (n, h, w + 2 * pad, c))
+        self._row(self.pk.OP_INPUT, [], v, [pad], int(np.prod(shape)))
 
     def binary(self, node: _Node) -> None:
         layer = self.layers.get(node.attrs.get("layer"))
@@ -428,6 +447,7 @@ class _Builder:
                 raise PlanError(f"node {node.name}: input has {c} channels, the conv {ci}")
             sh, sw = _pair(node.attrs.get("stride", 1))
             ph, pw = _pair(node.attrs.get("padding", 0))
+            pw -= int(node.attrs.get("input_padded", 0))  # columns its input already has
             bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
             v = self._value(node.name, (n, oh, ow, o))
@@ -540,7 +560,7 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     nodes, output = fuse_pool_channel_pad(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph))))
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
-    b.input(graph["input"]["name"], (n, h, w, c))
+    b.input(graph["input"]["name"], (n, h, w, c), pad=pad_input_for_conv(nodes, graph["input"]["name"], tensors))
     for node in nodes:
         if node.op in ("binary_conv2d", "binary_linear"):
             b.binary(node)
