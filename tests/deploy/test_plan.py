@@ -283,3 +283,24 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
     unfused = P.build_plan(meta, tensors, shape, impl=impl)
     assert affine(unfused) == affine(fused) + fused_bns
     np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
+
+
+def test_auto_runs_packable_64_channel_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a plan, ``auto`` on an AMX CPU keeps AMX from 64 input channels on, except for the layers the
+    tap-packed avx512 path takes (up to 64 channels, kernel width > 1); an explicit choice is kept."""
+    from recu.deploy import kernels as K
+    from recu.deploy import plan as P
+
+    monkeypatch.setattr(K, "has_amx", lambda: True)
+    monkeypatch.setattr(K, "has_vpopcntdq", lambda: True)
+    monkeypatch.setattr(P, "has_vpopcntdq", lambda: True)
+    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.delenv(K.ENV_VAR, raising=False)
+    monkeypatch.delenv("RECU_DEPLOY_TAPS", raising=False)
+    assert P.plan_layer_kernel(None, 64, 3) == "avx512"
+    assert P.plan_layer_kernel("auto", 16, 3) == "avx512"
+    assert P.plan_layer_kernel(None, 64, 1) == "amx"  # a 1x1 conv has no kernel row to pack
+    assert P.plan_layer_kernel(None, 128, 3) == "amx"
+    assert P.plan_layer_kernel("amx", 64, 3) == "amx"
+    monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
+    assert P.plan_layer_kernel(None, 64, 3) == "amx"
