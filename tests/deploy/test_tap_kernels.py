@@ -206,5 +206,13 @@ def test_bench_names_the_tap_packed_layers(tmp_path: Path, monkeypatch: pytest.M
     export(models.create("resnet20_1w1a").eval(), path)
     assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers, 18 tap-packed)"
     assert kernel_summary(load(path, impl="avx512", engine="layers")) == "avx512 (18 layers)"
+    from recu.deploy import kernels as K
+    from recu.deploy import plan as P
+
+    with monkeypatch.context() as m:  # auto on an AMX CPU: the plan's 64-channel layers stay tap-packed too
+        for module, name in ((K, "has_amx"), (K, "has_vpopcntdq"), (P, "has_vpopcntdq"), (K, "numba_available")):
+            m.setattr(module, name, lambda: True)
+        m.delenv(K.ENV_VAR, raising=False)
+        assert kernel_summary(load(path)) == "avx512 (18 layers, 18 tap-packed)"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers)"

@@ -445,8 +445,10 @@ def binary_layer_paths(model: Any) -> dict[str, str]:
     by layer name, as the model runs it (the per-layer ``auto`` choice included)."""
     if isinstance(model, PackedModel):
         return {n: layer_kernel(m.impl, m.in_channels) for n, m in model.packed_layers()}
+    from .plan import _pair, plan_layer_kernel
+
     impl = getattr(model, "impl", None)
-    return {layer["name"]: layer_kernel(impl, int(layer["in_channels"]))
+    return {layer["name"]: plan_layer_kernel(impl, int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
             for layer in model.metadata.get("binary_layers", [])}
 
 
