@@ -170,6 +170,7 @@ def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-u
 # The register blocks on the row buffers: bytes addressing, a tail mask per kernel row; the fused forms
 # (16 output channels) also add the skip connection and write the next layer's signs.
 xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
+xnor_taps_8x2 = nk._make_xnor_rows(2 * nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
 xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
 _rows_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes")
 _rows_4x1 = nk._make_xnor_rows(nk.XNOR_PIXELS, 1, addressing="bytes")
@@ -194,7 +195,7 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     ``signs`` its sign bits also go there, in the next tap-packed layer's row-buffer layout: row r at
     byte ``r * srow``, column ow at ``scol0 + ow * C_out / 8`` - that layer then packs nothing.
     """
-    acc = np.empty(16 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
+    acc = np.empty(32 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
     outf = out.reshape(out.size)
     fuse = res.shape == out.shape
@@ -226,6 +227,13 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
                 abase = base + ow * astep
                 dst = (r * ow_ + ow) * c_out
                 sdst = r * srow + scol0 + (ow * c_out + o0) // 8
+                if fused and ow >= ow_lo and ow + 2 * blk <= ow_hi:
+                    wofs = (ob * kh_ + kh0) * wrow
+                    xnor_taps_8x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf, epi,
+                                  dst, o0, c_out, rows * kw_ * c_in, resf, lo, hi, signs, sdst, c_out // 8, fuse,
+                                  write)
+                    ow += 2 * blk
+                    continue
                 if ow >= ow_lo and ow + blk <= ow_hi:
                     wofs = (ob * kh_ + kh0) * wrow
                     valid = rows * kw_ * c_in
