@@ -293,9 +293,11 @@ def test_avg_pool2d_with_channel_padding_is_pad_of_the_pool(channels: int, befor
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("pool", POOLS)
-def test_max_pool2d_is_torch_bit_for_bit(pool: tuple, memory_format: torch.memory_format, variant: str) -> None:
+@pytest.mark.parametrize("channels", [37, 32])  # scalar; 16-lane vectors
+def test_max_pool2d_is_torch_bit_for_bit(pool: tuple, memory_format: torch.memory_format, variant: str,
+                                         channels: int) -> None:
     k, s, p = pool
-    x = special_values((2, 37, 9, 11), seed=8)
+    x = special_values((2, channels, 9, 11), seed=8)
     x[0, :, :4, :4] = -torch.inf  # whole windows of -inf next to the padding
     x[1, :5, :, :] = torch.where(torch.rand(5, 9, 11) < 0.5, 0.0, -0.0)  # ties of +0.0 and -0.0
     want = F.max_pool2d(x.contiguous(memory_format=memory_format), k, s, p)

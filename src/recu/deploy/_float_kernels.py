@@ -652,16 +652,35 @@ def fma_clamp16(typingctx, x, a, b, out, off, coff, lo, hi):  # type: ignore[no-
     return sig, _vec16_codegen("fma")
 
 
-@intrinsic
-def window_mean16(typingctx, x, base, rows, cols, rowstride, colstride, out, ooff, divisor):  # type: ignore[no-untyped-def]
-    """16 channels of one average-pool output: ``sum / divisor``, the sum of the ``rows x cols``
-    window's <16 x float> vectors at ``x[base + k * rowstride + j * colstride]`` taken row-major from
-    0.0 in float32 (PyTorch's order), held in a register; stored at ``out[ooff]``."""
-    ints = (base, rows, cols, rowstride, colstride, ooff)
-    if not (_f32_c(x, out) and all(isinstance(v, types.Integer) for v in ints) and divisor == types.float32):
-        return None
+def _make_window16(kind: str):  # type: ignore[no-untyped-def]
+    """A pooling intrinsic over 16 channels of one output pixel, the window's <16 x float> vectors at
+    ``x[base + k * rowstride + j * colstride]`` (k < rows, j < cols) taken row-major in a register
+    and stored once at ``out[ooff]``:
+
+    - ``"mean"``: ``window_mean16(x, base, rows, cols, rowstride, colstride, out, ooff, divisor)``,
+      the sum from 0.0 in float32 (PyTorch's order) divided by ``divisor``;
+    - ``"max"``: ``window_max16(x, base, rows, cols, rowstride, colstride, out, ooff)``, from -inf
+      each tap taken when ``v > max or isnan(v)`` (PyTorch's rule: NaN propagates, of equal values
+      the first is kept, so -0.0 and 0.0 keep their order).
+    """
+    mean = kind == "mean"
+
+    def ok(x, ints, out):  # type: ignore[no-untyped-def]
+        return _f32_c(x, out) and all(isinstance(v, types.Integer) for v in ints)
+
     i = types.int64
-    sig = types.void(x, i, i, i, i, i, out, i, types.float32)
+    if mean:
+        @intrinsic
+        def window16(typingctx, x, base, rows, cols, rowstride, colstride, out, ooff, divisor):  # type: ignore[no-untyped-def]
+            if not (ok(x, (base, rows, cols, rowstride, colstride, ooff), out) and divisor == types.float32):
+                return None
+            return types.void(x, i, i, i, i, i, out, i, types.float32), codegen
+    else:
+        @intrinsic
+        def window16(typingctx, x, base, rows, cols, rowstride, colstride, out, ooff):  # type: ignore[no-untyped-def]
+            if not ok(x, (base, rows, cols, rowstride, colstride, ooff), out):
+                return None
+            return types.void(x, i, i, i, i, i, out, i), codegen
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         from llvmlite import ir
@@ -669,11 +688,11 @@ def window_mean16(typingctx, x, base, rows, cols, rowstride, colstride, out, oof
         _prefer_512_bit(builder.function)
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         o_arr = context.make_array(signature.args[6])(context, builder, args[6])
-        base, rows, cols, rowstride, colstride, ooff, divisor = args[1:6] + (args[7], args[8])
+        base, rows, cols, rowstride, colstride, ooff = args[1:6] + (args[7],)
         i64 = ir.IntType(64)
         v16 = ir.VectorType(ir.FloatType(), 16)
         zero, one = ir.Constant(i64, 0), ir.Constant(i64, 1)
-        init = ir.Constant(v16, [0.0] * 16)
+        init = ir.Constant(v16, [0.0 if mean else float("-inf")] * 16)
         entry = builder.block
         row_head = builder.append_basic_block("pool.row")
         loop = builder.append_basic_block("pool.loop")
@@ -690,7 +709,12 @@ def window_mean16(typingctx, x, base, rows, cols, rowstride, colstride, out, oof
         j = builder.phi(i64)
         acc = builder.phi(v16)
         ptr = builder.gep(x_arr.data, [builder.add(row_ofs, builder.mul(j, colstride))])
-        new_acc = builder.fadd(acc, builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4))
+        v = builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4)
+        if mean:
+            new_acc = builder.fadd(acc, v)
+        else:
+            take = builder.or_(builder.fcmp_ordered(">", v, acc), builder.fcmp_unordered("uno", v, v))
+            new_acc = builder.select(take, v, acc)
         j_next = builder.add(j, one)
         builder.cbranch(builder.icmp_signed("<", j_next, cols), loop, row_end)
         j.add_incoming(zero, row_head)
@@ -708,34 +732,45 @@ def window_mean16(typingctx, x, base, rows, cols, rowstride, colstride, out, oof
         total = builder.phi(v16)
         total.add_incoming(init, entry)
         total.add_incoming(new_acc, row_end)
-        # A divisor 2**k: the product with 2**-k is the same real number as the quotient, so it rounds to
-        # the same float32 (denormals included), and a multiply is ~10x cheaper than a 16-lane divide.
-        dbits = builder.bitcast(divisor, ir.IntType(32))
-        power_of_two = builder.icmp_unsigned("==", builder.and_(dbits, ir.Constant(ir.IntType(32), 0x7FFFFF)),
-                                             ir.Constant(ir.IntType(32), 0))
-        normal = builder.icmp_unsigned("<", builder.sub(builder.lshr(dbits, ir.Constant(ir.IntType(32), 23)),
-                                                        ir.Constant(ir.IntType(32), 1)),
-                                       ir.Constant(ir.IntType(32), 253))  # 2**-k normal too (k in -126..126)
-        exact_inverse = builder.and_(power_of_two, normal)
-        by_product = builder.append_basic_block("pool.mul")
-        by_quotient = builder.append_basic_block("pool.div")
-        store = builder.append_basic_block("pool.store")
-        builder.cbranch(exact_inverse, by_product, by_quotient)
-        builder.position_at_end(by_product)
-        inverse = builder.fdiv(ir.Constant(ir.FloatType(), 1.0), divisor)  # scalar, exact here
-        product = builder.fmul(total, _splat(builder, inverse, v16))
-        builder.branch(store)
-        builder.position_at_end(by_quotient)
-        quotient = builder.fdiv(total, _splat(builder, divisor, v16))
-        builder.branch(store)
-        builder.position_at_end(store)
-        mean = builder.phi(v16)
-        mean.add_incoming(product, by_product)
-        mean.add_incoming(quotient, by_quotient)
-        builder.store(mean, builder.bitcast(builder.gep(o_arr.data, [ooff]), v16.as_pointer()), align=4)
+        result = _divided(builder, total, args[8]) if mean else total
+        builder.store(result, builder.bitcast(builder.gep(o_arr.data, [ooff]), v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return window16
+
+
+def _divided(builder, total, divisor):  # type: ignore[no-untyped-def]
+    """``total / divisor`` (a <16 x float> by a float32), as a product with the exact inverse when the
+    divisor is 2**k: the same real number, so the same rounded float32 (denormals included), and a
+    multiply is ~10x cheaper than a 16-lane divide."""
+    from llvmlite import ir
+
+    i32 = ir.IntType(32)
+    v16 = total.type
+    dbits = builder.bitcast(divisor, i32)
+    power_of_two = builder.icmp_unsigned("==", builder.and_(dbits, ir.Constant(i32, 0x7FFFFF)), ir.Constant(i32, 0))
+    normal = builder.icmp_unsigned("<", builder.sub(builder.lshr(dbits, ir.Constant(i32, 23)), ir.Constant(i32, 1)),
+                                   ir.Constant(i32, 253))  # 2**-k normal too (k in -126..126)
+    by_product = builder.append_basic_block("pool.mul")
+    by_quotient = builder.append_basic_block("pool.div")
+    store = builder.append_basic_block("pool.store")
+    builder.cbranch(builder.and_(power_of_two, normal), by_product, by_quotient)
+    builder.position_at_end(by_product)
+    inverse = builder.fdiv(ir.Constant(ir.FloatType(), 1.0), divisor)  # scalar, exact here
+    product = builder.fmul(total, _splat(builder, inverse, v16))
+    builder.branch(store)
+    builder.position_at_end(by_quotient)
+    quotient = builder.fdiv(total, _splat(builder, divisor, v16))
+    builder.branch(store)
+    builder.position_at_end(store)
+    mean = builder.phi(v16)
+    mean.add_incoming(product, by_product)
+    mean.add_incoming(quotient, by_quotient)
+    return mean
+
+
+window_mean16 = _make_window16("mean")
+window_max16 = _make_window16("max")
 
 
 @intrinsic
@@ -1050,6 +1085,11 @@ def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyp
         iw0 = ow * sw - pw
         iws = max(iw0, 0)
         iwe = min(iw0 + kw, w_)
+        if c_ % 16 == 0:  # the window's maxima in vector registers, stored once (8x faster: ResNet-18)
+            for c in range(0, c_, 16):
+                window_max16(x, ((n * h_ + ihs) * w_ + iws) * c_ + c, ihe - ihs, iwe - iws, w_ * c_, c_, out,
+                             ((n * oh_ + oh) * ow_ + ow) * c_ + c)
+            continue
         for c in range(c_):
             out[n, oh, ow, c] = -np.inf
         for ih in range(ihs, ihe):
