@@ -227,3 +227,18 @@ def test_bench_layers_engine_and_refusals(capsys: pytest.CaptureFixture) -> None
     assert "--fuse-float belongs to the layers engine" in capsys.readouterr().err
     assert main(["bench", "mlp_1w1a", "--batch", "0", "--no-compile"]) == 1
     assert "batch sizes must be positive" in capsys.readouterr().err
+
+
+def test_time_interleaved_alternates_the_paths_in_rounds() -> None:
+    """Each round calls every path repeat/rounds times in turn, so a slow spell of the machine falls on
+    all of them; every call is timed (a path that sleeps longer has the larger best and median)."""
+    import time as _time
+
+    calls: list[str] = []
+
+    def path(name: str, seconds: float):  # noqa: ANN202
+        return lambda: (calls.append(name), _time.sleep(seconds))
+
+    t = bench.time_interleaved({"a": path("a", 0.0), "b": path("b", 0.002)}, repeat=6, rounds=3)
+    assert calls == (["a"] * 2 + ["b"] * 2) * 3
+    assert t["b"].best >= 0.002 > t["a"].median and t["a"].best <= t["a"].median

@@ -45,7 +45,7 @@ from .runtime import PackedConv2d, PackedLinear, PackedModel
 if TYPE_CHECKING:
     from .plan import CompiledModel
 
-__all__ = ["FloatSignConv2d", "float_reference", "time_call", "Timing", "layer_times", "BenchResult", "run_benchmark",
+__all__ = ["FloatSignConv2d", "float_reference", "time_call", "time_interleaved", "Timing", "layer_times", "BenchResult", "run_benchmark",
            "format_result", "format_summary", "CpuInfo", "parse_cpuinfo", "cpu_info", "OpCounts", "count_ops",
            "count_ops_graph", "count_ops_module", "BINARY_MACS_PER_CYCLE", "float_macs_per_cycle", "PeakTimes",
            "peak_times", "binary_layer_paths", "kernel_summary", "fp_twin_name", "fp_twin", "engine_of",
@@ -108,6 +108,22 @@ def time_call(fn: Callable[[], object], repeat: int = 20, warmup: int = 3, min_t
         fn()
         times.append(time.perf_counter() - t)
     return Timing(min(times), statistics.median(times))
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], repeat: int = 20, rounds: int = 5) -> dict[str, Timing]:
+    """Time each ``fns[name]()`` (already warmed up), ``repeat`` calls in all, in ``rounds`` alternating
+    rounds: every round calls each function ``repeat / rounds`` times in turn. A machine whose speed
+    drifts over seconds (a shared VM: up to 2x here) then slows every path alike, instead of whichever
+    ran during a slow spell, so the ratios mean something."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_round = max(1, -(-repeat // rounds))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: Timing(min(v), statistics.median(v)) for name, v in times.items()}
 
 
 def layer_times(model: nn.Module, run: Callable[[], object], repeat: int = 10) -> dict[str, float]:
@@ -564,13 +580,14 @@ def _set_threads(model: Any, threads: int) -> None:
         model.set_num_threads(threads)
 
 
-def _time_eager(module: nn.Module, x: Tensor, repeat: int) -> tuple[str, Timing]:
-    """(layout, Timing) of ``module`` on ``x`` in the faster of NCHW and channels_last (oneDNN
-    prefers one or the other per shape; PyTorch gets its better one)."""
+def _faster_layout(module: nn.Module, x: Tensor, repeat: int) -> str:
+    """``NCHW`` or ``channels_last``: the faster input layout of ``module`` on ``x`` (oneDNN prefers one
+    or the other per shape; PyTorch gets its better one), from interleaved calls of both."""
     xc = x.contiguous(memory_format=torch.channels_last)
-    nchw = time_call(lambda: module(x), repeat)
-    last = time_call(lambda: module(xc), repeat)
-    return ("channels_last", last) if last.median < nchw.median else ("NCHW", nchw)
+    for _ in range(3):
+        module(x), module(xc)
+    t = time_interleaved({"NCHW": lambda: module(x), "channels_last": lambda: module(xc)}, repeat)
+    return "channels_last" if t["channels_last"].median < t["NCHW"].median else "NCHW"
 
 
 def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: tuple[int, ...] = (1, 8, 64),
@@ -645,17 +662,25 @@ def _time_batch(model: DeployedModel, engine: str, floats: dict[str, nn.Module],
             want = floats["float twin"](x)
             diff = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
             res.max_rel_diff = max(res.max_rel_diff or 0.0, diff)
-        row["packed"] = time_call(lambda: model(arg), repeat)
+        fns: dict[str, Callable[[], object]] = {"packed": lambda: model(arg)}
         for label, module in floats.items():
-            layout, row[f"{label} eager"] = _time_eager(module, x, repeat)
+            layout = _faster_layout(module, x, repeat)
             res.eager_format.setdefault(b, {})[label] = layout
+            xr = x if layout == "NCHW" else x.contiguous(memory_format=torch.channels_last)
+            fns[f"{label} eager"] = lambda module=module, xr=xr: module(xr)
             if label not in compiled or label in res.compile_errors:
                 continue
-            xr = x if layout == "NCHW" else x.contiguous(memory_format=torch.channels_last)
             try:
-                row[f"{label} compile"] = time_call(lambda fn=compiled[label], xr=xr: fn(xr), repeat)
+                for _ in range(3):  # compiles on the first call
+                    compiled[label](xr)
             except Exception as e:  # noqa: BLE001 - no compiler toolchain, unsupported op ...
                 res.compile_errors[label] = _error_line(e)
+                continue
+            fns[f"{label} compile"] = lambda fn=compiled[label], xr=xr: fn(xr)
+        for fn in fns.values():
+            for _ in range(3):
+                fn()
+        row.update(time_interleaved(fns, repeat))
     return row
 
 
