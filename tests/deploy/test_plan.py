@@ -304,3 +304,25 @@ def test_auto_runs_packable_64_channel_layers_on_the_tap_path(monkeypatch: pytes
     assert P.plan_layer_kernel("amx", 64, 3) == "amx"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert P.plan_layer_kernel(None, 64, 3) == "amx"
+
+
+def test_flatten_of_a_pooled_value_is_the_same_value(tmp_path: Path) -> None:
+    """A flatten of an (N, 1, 1, C) NHWC value (after global pooling) is no row: the next op reads the
+    pooled value itself, and the logits are the PyTorch model's."""
+    import torch
+
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    model, path = _exported(tmp_path, "resnet20_1w1a", 32)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    plan = P.build_plan(meta, tensors, (2, 3, 32, 32))
+    ops = plan.ops[:, pk.F_OP].tolist()
+    assert pk.OP_FLATTEN not in ops and ops.count(pk.OP_GLOBAL_AVG_POOL) == 1
+    pooled = plan.ops[ops.index(pk.OP_GLOBAL_AVG_POOL), pk.F_OUT]
+    assert plan.ops[ops.index(pk.OP_GLOBAL_AVG_POOL) + 1, pk.F_IN0] == pooled  # the BatchNorm1d reads it
+    x = _images(2, 32, seed=10)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load(path, num_threads=1)(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

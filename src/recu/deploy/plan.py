@@ -512,6 +512,8 @@ class _Builder:
             before, after = int(node.attrs["before"]), int(node.attrs["after"])
             v = self._value(node.name, (n, h, w, c + before + after))
             self._row(pk.OP_PAD_CHANNELS, node.inputs, v, act + [before, after], size)
+        elif op == "flatten" and (h, w) == (1, 1):  # NHWC (N, 1, 1, C) is already (N, C): the same value
+            self.value_of[node.name] = self.value_of[node.inputs[0]]
         elif op == "flatten":
             v = self._value(node.name, (n, 1, 1, h * w * c))
             self._row(pk.OP_FLATTEN, node.inputs, v, act, size)
