@@ -671,8 +671,7 @@ def _time_batch(model: DeployedModel, engine: str, floats: dict[str, nn.Module],
             if label not in compiled or label in res.compile_errors:
                 continue
             try:
-                for _ in range(3):  # compiles on the first call
-                    compiled[label](xr)
+                compiled[label](xr)  # compiles (or fails) here; warmed up with the others below
             except Exception as e:  # noqa: BLE001 - no compiler toolchain, unsupported op ...
                 res.compile_errors[label] = _error_line(e)
                 continue

@@ -564,13 +564,12 @@ class _Plan:
     x8: np.ndarray
     output: int
     uses_amx: bool
+    logits: np.ndarray = field(init=False)  # the output value's arena view as (N, features)
 
-    @property
-    def logits(self) -> np.ndarray:
-        """The output value's arena view as (N, features)."""
+    def __post_init__(self) -> None:
         o = self.vals[self.output]
         n, h, w, c = (int(v) for v in o[1:])
-        return self.arena[o[0]:o[0] + n * h * w * c].reshape(n, h * w * c)
+        self.logits = self.arena[o[0]:o[0] + n * h * w * c].reshape(n, h * w * c)
 
 
 def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int], *, impl: Optional[str] = None,
@@ -630,7 +629,7 @@ class CompiledModel:
         self.kernel = resolve_kernel(impl)
         channels = meta["graph"]["input"].get("channels")  # None: the model flattens its input first
         self.input_channels = None if channels is None else int(channels)
-        self._plans: dict[tuple, tuple[_Plan, np.ndarray]] = {}  # (shape, threads) -> (plan, its logits view)
+        self._plans: dict[tuple, _Plan] = {}
         self._lock = threading.Lock()
         self._pk: Any = None
 
@@ -675,10 +674,7 @@ class CompiledModel:
         pk = self._executor()
         with self._lock:
             threads = self._threads()
-            entry = self._plans.get((x.shape, threads))
-            if entry is None:
-                entry = self._new_plan(x.shape, threads)
-            plan, logits = entry
+            plan = self._plans.get((x.shape, threads)) or self._new_plan(x.shape, threads)
             if plan.uses_amx:
                 from ._amx_kernels import TILE_CONFIG, request_amx
 
@@ -688,7 +684,7 @@ class CompiledModel:
                                 plan.x8, TILE_CONFIG, x)
             else:
                 pk.run_plan(plan.ops, plan.vals, plan.arena, plan.fp, plan.u64, plan.pk, x)
-            return logits.copy()
+            return plan.logits.copy()
 
     def _executor(self):  # type: ignore[no-untyped-def]
         """The compiled executor module, its on-disk cache checked once (kept: at batch 1 a ResNet-20
@@ -700,12 +696,12 @@ class CompiledModel:
             self._pk = pk
         return self._pk
 
-    def _new_plan(self, shape: tuple, threads: int) -> tuple[_Plan, np.ndarray]:
+    def _new_plan(self, shape: tuple, threads: int) -> _Plan:
         if len(self._plans) >= 8:
             self._plans.clear()
-        plan = build_plan(self.metadata, self.tensors, shape, impl=self.impl, threads=threads)
-        self._plans[(shape, threads)] = (plan, plan.logits)
-        return self._plans[(shape, threads)]
+        plan = self._plans[(shape, threads)] = build_plan(self.metadata, self.tensors, shape, impl=self.impl,
+                                                          threads=threads)
+        return plan
 
     def __repr__(self) -> str:
         spec = self.metadata.get("model_spec") or {}
