@@ -445,6 +445,23 @@ def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst,
         o0 += 64 if left >= 64 else (32 if left >= 32 else 16)
 
 
+@_jit(inline="always")
+def _kernel_rows(r, oh_, sh, ph, kh_, h_):  # type: ignore[no-untyped-def]
+    """Output row ``r`` (= n * OH + oh): (n, first input row ih0, first kernel row inside the input kh0,
+    kernel rows inside the input)."""
+    n = r // oh_
+    ih0 = (r - n * oh_) * sh - ph
+    kh0 = max(0, -ih0)
+    return n, ih0, kh0, max(0, min(kh_, h_ - ih0) - kh0)
+
+
+@_jit(inline="always")
+def _block_pixels(wide, o16):  # type: ignore[no-untyped-def]
+    """Output pixels per register block: 8 for a single 512-bit block of 16 channels (8 independent
+    fma chains keep both FMA units busy), else 4."""
+    return 2 * CONV_PIXELS if wide and o16 == 16 else CONV_PIXELS
+
+
 @_jit()
 def _conv2d_rows(r0, r1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo, hi):  # type: ignore[no-untyped-def]
     """Output rows [r0, r1) (row = n * OH + oh) of :func:`conv2d_nhwc`; when ``scale`` has O entries,
@@ -456,7 +473,7 @@ def _conv2d_rows(r0, r1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo
     wf = w.reshape(w.size)
     of = out.reshape(out.size)
     bn = scale.shape[0] == w.shape[3]
-    px = 2 * CONV_PIXELS if w.shape[3] == 16 else CONV_PIXELS
+    px = _block_pixels(wide, w.shape[3])
     if wide and pw == 0 and w.shape[3] % 16 == 0 and out.shape[2] >= px:
         _conv2d_rows_unpadded(r0, r1, x, xf, w, wf, bias, sh, sw, ph, out, of, px, bn, scale, shift, lo, hi)
         return
@@ -479,10 +496,7 @@ def _conv2d_rows_unpadded(r0, r1, x, xf, w, wf, bias, sh, sw, ph, out, of, px, b
     oh_, ow_ = out.shape[1], out.shape[2]
     taps = kw_ * c_
     for r in range(r0, r1):
-        n = r // oh_
-        ih0 = (r - n * oh_) * sh - ph
-        kh0 = max(0, -ih0)
-        rows = max(0, min(kh_, h_ - ih0) - kh0)
+        n, ih0, kh0, rows = _kernel_rows(r, oh_, sh, ph, kh_, h_)
         xoff = (n * h_ + ih0 + kh0) * w_ * c_
         ow = 0
         while ow < ow_:
@@ -507,18 +521,15 @@ def _conv2d_row(r, x, xf, w, wf, bias, sh, sw, ph, pw, out, of, acc, wide):  # t
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     kh_, kw_, o_ = w.shape[0], w.shape[1], w.shape[3]
     oh_, ow_ = out.shape[1], out.shape[2]
-    n = r // oh_
+    n, ih0, kh0, rows = _kernel_rows(r, oh_, sh, ph, kh_, h_)
     oh = r - n * oh_
-    ih0 = oh * sh - ph
-    kh0 = max(0, -ih0)
-    rows = max(0, min(kh_, h_ - ih0) - kh0)
     # Output columns whose whole kernel row lies inside the input.
     ow_lo = min(ow_, (pw + sw - 1) // sw)
     ow_hi = max(ow_lo, min(ow_, (w_ + pw - kw_) // sw + 1))
     o32 = o_ - o_ % 32
     o16 = o_ - o_ % 16
     taps = kw_ * c_  # one kernel row: contiguous in x and in w
-    px = 2 * CONV_PIXELS if wide and o16 == 16 else CONV_PIXELS  # pixels per register block
+    px = _block_pixels(wide, o16)
     ow = 0
     while ow < ow_:
         # the last interior run: one block overlapping the previous one (same values rewritten)
@@ -1167,8 +1178,7 @@ def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
     co_ = out.shape[3]
     w_ = x.shape[2]
     for w in range(w_):
-        for c in range(before):
-            out[n, h, w, c] = 0.0
+        _zero_channels(out, n, h, w, 0, before)
         if c_ % 16 == 0:  # vector copies (numba's loop below is scalar here)
             q = r * w_ + w
             for c in range(0, c_, 16):
@@ -1176,8 +1186,7 @@ def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
         else:
             for c in range(c_):
                 out[n, h, w, before + c] = x[n, h, w, c]
-        for c in range(before + c_, co_):
-            out[n, h, w, c] = 0.0
+        _zero_channels(out, n, h, w, before + c_, co_ - before - c_)
 
 
 @_jit(inline="always")
