@@ -25,7 +25,8 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argpar
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     ap.add_argument("--repeat", type=int, default=20,
-                    help="timed calls per path, in 5 rounds alternating between the paths (default: 20)")
+                    help="timed calls per path at least, in 5 rounds alternating between the paths; a round times "
+                         "each path for 0.1 s at least, after one untimed call (default: 20)")
     ap.add_argument("--engine", choices=["auto", "plan", "layers"], default="auto",
                     help="plan: the compiled whole-network call (auto's choice); layers: the per-layer PyTorch "
                          "model (the previous path)")

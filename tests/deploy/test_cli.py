@@ -230,8 +230,9 @@ def test_bench_layers_engine_and_refusals(capsys: pytest.CaptureFixture) -> None
 
 
 def test_time_interleaved_alternates_the_paths_in_rounds() -> None:
-    """Each round calls every path repeat/rounds times in turn, so a slow spell of the machine falls on
-    all of them; every call is timed (a path that sleeps longer has the larger best and median)."""
+    """Each round calls every path in turn: once untimed, then repeat/rounds timed calls, so a slow
+    spell of the machine falls on all of them; every timed call is timed (a path that sleeps longer has
+    the larger best and median)."""
     import time as _time
 
     calls: list[str] = []
@@ -239,6 +240,24 @@ def test_time_interleaved_alternates_the_paths_in_rounds() -> None:
     def path(name: str, seconds: float):  # noqa: ANN202
         return lambda: (calls.append(name), _time.sleep(seconds))
 
-    t = bench.time_interleaved({"a": path("a", 0.0), "b": path("b", 0.002)}, repeat=6, rounds=3)
-    assert calls == (["a"] * 2 + ["b"] * 2) * 3
+    t = bench.time_interleaved({"a": path("a", 0.0), "b": path("b", 0.002)}, repeat=6, rounds=3, round_seconds=0)
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3
     assert t["b"].best >= 0.002 > t["a"].median and t["a"].best <= t["a"].median
+
+
+def test_time_interleaved_gives_each_path_round_seconds() -> None:
+    """A round times a path for at least ``round_seconds``: a 1 ms path gets ~20 calls in 20 ms where a
+    10 ms one gets its minimum 2 (steady state for the fast path, not only its first calls)."""
+    import time as _time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def path(name: str, seconds: float):  # noqa: ANN202
+        return lambda: (calls.__setitem__(name, calls[name] + 1), _time.sleep(seconds))
+
+    bench.time_interleaved({"fast": path("fast", 0.001), "slow": path("slow", 0.010)}, repeat=4, rounds=2,
+                           round_seconds=0.02)
+    assert calls["slow"] <= 2 * 3  # per round: 1 untimed + the minimum of 2 timed (each call > 10 ms)
+    assert calls["fast"] >= 2 * 8  # per round: at least 20 ms of ~1.1 ms calls (sleep overshoots)
+
+

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and mlp quick-start models, else C 32 32; C the model's in_channels, usually 3)")
     b.add_argument("--num-classes", type=int, help="for a model name (default: the model's own, 1000 for ImageNet models, else 10)")
     b.add_argument("--repeat", type=int, default=20,
-                   help="timed calls per path, in 5 rounds alternating between the paths (default: 20)")
+                   help="timed calls per path at least, in 5 rounds alternating between the paths; a round times each "
+                        "path for 0.1 s at least, after one untimed call (default: 20)")
     b.add_argument("--kernel", choices=["auto", "amx", "avx512", "avx2", "portable", "numpy"],
                    help="kernel path (default: RECU_DEPLOY_KERNEL, else auto: amx where the CPU has it, except "
                         "layers under 64 input channels (in a compiled plan also 3x3 layers of 64), which take avx512; "

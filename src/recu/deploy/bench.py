@@ -110,19 +110,28 @@ def time_call(fn: Callable[[], object], repeat: int = 20, warmup: int = 3, min_t
     return Timing(min(times), statistics.median(times))
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], repeat: int = 20, rounds: int = 5) -> dict[str, Timing]:
-    """Time each ``fns[name]()`` (already warmed up), ``repeat`` calls in all, in ``rounds`` alternating
-    rounds: every round calls each function ``repeat / rounds`` times in turn. A machine whose speed
-    drifts over seconds (a shared VM: up to 2x here) then slows every path alike, instead of whichever
-    ran during a slow spell, so the ratios mean something."""
+def time_interleaved(fns: Mapping[str, Callable[[], object]], repeat: int = 20, rounds: int = 5,
+                     round_seconds: float = 0.1) -> dict[str, Timing]:
+    """Time each ``fns[name]()`` (already warmed up) in ``rounds`` alternating rounds: every round calls
+    each function in turn once untimed, then times it for at least ``repeat / rounds`` calls and at
+    least ``round_seconds``. A machine whose speed drifts over seconds (a shared VM: up to 2x here)
+    then slows every path alike, instead of whichever ran during a slow spell, so the ratios mean
+    something. Each path is timed in its own steady state, as a deployment running one model sees
+    it: the first calls after another path ran are slower (its data evicted ours from the caches,
+    its threads may still spin; ResNet-18's plan took 5.4 ms on the first call after PyTorch's float
+    model and 4.9 ms by the sixth), so a fast path gets more calls per round than a slow one."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     per_round = max(1, -(-repeat // rounds))
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(per_round):
+            fn()
+            start = time.perf_counter()
+            calls = 0
+            while calls < per_round or time.perf_counter() - start < round_seconds:
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
+                calls += 1
     return {name: Timing(min(v), statistics.median(v)) for name, v in times.items()}
 
 
