@@ -293,13 +293,14 @@ def test_avg_pool2d_with_channel_padding_is_pad_of_the_pool(channels: int, befor
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("pool", POOLS)
-@pytest.mark.parametrize("channels", [37, 32])  # scalar; 16-lane vectors
+@pytest.mark.parametrize("channels", [37, 32, 80])  # scalar; 16-lane vectors; 64 in 4 chains + 16
 def test_max_pool2d_is_torch_bit_for_bit(pool: tuple, memory_format: torch.memory_format, variant: str,
                                          channels: int) -> None:
     k, s, p = pool
     x = special_values((2, channels, 9, 11), seed=8)
     x[0, :, :4, :4] = -torch.inf  # whole windows of -inf next to the padding
-    x[1, :5, :, :] = torch.where(torch.rand(5, 9, 11) < 0.5, 0.0, -0.0)  # ties of +0.0 and -0.0
+    ties = x[1, ::3].shape[0]  # every 16-channel group, in every accumulator of the 4-chain path
+    x[1, ::3, :, :] = torch.where(torch.rand(ties, 9, 11) < 0.5, 0.0, -0.0)  # ties of +0.0 and -0.0
     want = F.max_pool2d(x.contiguous(memory_format=memory_format), k, s, p)
     out = np.full(nhwc(want).shape, np.nan, np.float32)
     kernel("max_pool2d_nhwc", variant)(nhwc(x), k, k, s, s, p, p, out)

@@ -663,10 +663,12 @@ def fma_clamp16(typingctx, x, a, b, out, off, coff, lo, hi):  # type: ignore[no-
     return sig, _vec16_codegen("fma")
 
 
-def _make_window16(kind: str):  # type: ignore[no-untyped-def]
-    """A pooling intrinsic over 16 channels of one output pixel, the window's <16 x float> vectors at
-    ``x[base + k * rowstride + j * colstride]`` (k < rows, j < cols) taken row-major in a register
-    and stored once at ``out[ooff]``:
+def _make_window16(kind: str, vectors: int = 1):  # type: ignore[no-untyped-def]
+    """A pooling intrinsic over ``16 * vectors`` channels of one output pixel, the window's <16 x float>
+    vectors at ``x[base + 16 v + k * rowstride + j * colstride]`` (v < vectors, k < rows, j < cols)
+    taken row-major in registers and stored once at ``out[ooff + 16 v]``. Each of the ``vectors``
+    accumulators is its own dependency chain: one chain waits ~5 cycles per tap on its compare and
+    blend, four keep the core busy (ResNet-18's 3x3 max pool of 64 channels ~2x faster):
 
     - ``"mean"``: ``window_mean16(x, base, rows, cols, rowstride, colstride, out, ooff, divisor)``,
       the sum from 0.0 in float32 (PyTorch's order) divided by ``divisor``;
@@ -713,38 +715,46 @@ def _make_window16(kind: str):  # type: ignore[no-untyped-def]
         builder.cbranch(go, row_head, done)
         builder.position_at_end(row_head)
         k = builder.phi(i64)
-        racc = builder.phi(v16)
+        racc = [builder.phi(v16) for _ in range(vectors)]
         row_ofs = builder.add(base, builder.mul(k, rowstride))
         builder.branch(loop)
         builder.position_at_end(loop)
         j = builder.phi(i64)
-        acc = builder.phi(v16)
-        ptr = builder.gep(x_arr.data, [builder.add(row_ofs, builder.mul(j, colstride))])
-        v = builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4)
-        if mean:
-            new_acc = builder.fadd(acc, v)
-        else:
-            take = builder.or_(builder.fcmp_ordered(">", v, acc), builder.fcmp_unordered("uno", v, v))
-            new_acc = builder.select(take, v, acc)
+        acc = [builder.phi(v16) for _ in range(vectors)]
+        tap = builder.add(row_ofs, builder.mul(j, colstride))
+        new_acc = []
+        for a, accv in enumerate(acc):
+            ptr = builder.gep(x_arr.data, [builder.add(tap, ir.Constant(i64, 16 * a))])
+            v = builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4)
+            if mean:
+                new_acc.append(builder.fadd(accv, v))
+            else:
+                take = builder.or_(builder.fcmp_ordered(">", v, accv), builder.fcmp_unordered("uno", v, v))
+                new_acc.append(builder.select(take, v, accv))
         j_next = builder.add(j, one)
         builder.cbranch(builder.icmp_signed("<", j_next, cols), loop, row_end)
         j.add_incoming(zero, row_head)
         j.add_incoming(j_next, loop)
-        acc.add_incoming(racc, row_head)
-        acc.add_incoming(new_acc, loop)
+        for a in range(vectors):
+            acc[a].add_incoming(racc[a], row_head)
+            acc[a].add_incoming(new_acc[a], loop)
         builder.position_at_end(row_end)
         k_next = builder.add(k, one)
         builder.cbranch(builder.icmp_signed("<", k_next, rows), row_head, done)
         k.add_incoming(zero, entry)
         k.add_incoming(k_next, row_end)
-        racc.add_incoming(init, entry)
-        racc.add_incoming(new_acc, row_end)
+        for a in range(vectors):
+            racc[a].add_incoming(init, entry)
+            racc[a].add_incoming(new_acc[a], row_end)
         builder.position_at_end(done)
-        total = builder.phi(v16)
-        total.add_incoming(init, entry)
-        total.add_incoming(new_acc, row_end)
-        result = _divided(builder, total, args[8]) if mean else total
-        builder.store(result, builder.bitcast(builder.gep(o_arr.data, [ooff]), v16.as_pointer()), align=4)
+        totals = [builder.phi(v16) for _ in range(vectors)]  # LLVM wants a block's phis first
+        for a, total in enumerate(totals):
+            total.add_incoming(init, entry)
+            total.add_incoming(new_acc[a], row_end)
+        for a, total in enumerate(totals):
+            result = _divided(builder, total, args[8]) if mean else total
+            dst = builder.gep(o_arr.data, [builder.add(ooff, ir.Constant(i64, 16 * a))])
+            builder.store(result, builder.bitcast(dst, v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return window16
@@ -782,6 +792,7 @@ def _divided(builder, total, divisor):  # type: ignore[no-untyped-def]
 
 window_mean16 = _make_window16("mean")
 window_max16 = _make_window16("max")
+window_max64 = _make_window16("max", 4)
 
 
 @intrinsic
@@ -1097,9 +1108,13 @@ def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyp
         iws = max(iw0, 0)
         iwe = min(iw0 + kw, w_)
         if c_ % 16 == 0:  # the window's maxima in vector registers, stored once (8x faster: ResNet-18)
-            for c in range(0, c_, 16):
-                window_max16(x, ((n * h_ + ihs) * w_ + iws) * c_ + c, ihe - ihs, iwe - iws, w_ * c_, c_, out,
-                             ((n * oh_ + oh) * ow_ + ow) * c_ + c)
+            src = ((n * h_ + ihs) * w_ + iws) * c_
+            dst = ((n * oh_ + oh) * ow_ + ow) * c_
+            c64 = c_ - c_ % 64
+            for c in range(0, c64, 64):  # 4 independent chains
+                window_max64(x, src + c, ihe - ihs, iwe - iws, w_ * c_, c_, out, dst + c)
+            for c in range(c64, c_, 16):
+                window_max16(x, src + c, ihe - ihs, iwe - iws, w_ * c_, c_, out, dst + c)
             continue
         for c in range(c_):
             out[n, oh, ow, c] = -np.inf
