@@ -355,6 +355,11 @@ def test_nchw_to_nhwc_and_pad_channels(variant: str) -> None:
     out = np.full((2, 5, 7, 3), np.nan, np.float32)
     kernel("nchw_to_nhwc", variant)(x.numpy(), out)
     assert_same_floats(out, x.permute(0, 2, 3, 1))
+    # RGB rows of 16-pixel shuffles and a scalar tail (37 = 2 * 16 + 5), with zero columns each side
+    wide = special_values((2, 3, 4, 37), seed=10)
+    padded_cols = np.full((2, 4, 37 + 2 * 2, 3), np.nan, np.float32)
+    kernel("nchw_to_nhwc", variant)(wide.numpy(), padded_cols, 2)
+    assert_same_floats(padded_cols, nhwc(F.pad(wide, (2, 2))))
 
     padded = np.full((2, 5, 7, 3 + 4 + 2), np.nan, np.float32)
     kernel("pad_channels_nhwc", variant)(out, 4, 2, padded)
