@@ -257,6 +257,36 @@ def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.Mon
     np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
 
 
+def test_max_pool_fused_into_the_stem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-18's stem conv (+ BatchNorm + hardtanh) and its max pool are one row, which pools each band
+    of conv rows while it is in cache; its conv output is the row's own scratch. The logits of a batch of
+    two are bit-identical to the two-row plan's, with one thread (banded) or two (two passes)."""
+    from recu.deploy import _numba_kernels as nk
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    _, path = _exported(tmp_path, "resnet18_1w1a_imagenet", 64)
+    meta, tensors = read_metadata(path), read_tensors(path)
+    shape = (2, 3, 64, 64)
+    fused = P.build_plan(meta, tensors, shape)
+    stem = fused.ops[1]
+    assert int((fused.ops[:, pk.F_OP] == pk.OP_MAX_POOL).sum()) == 0
+    assert stem[pk.F_OP] == pk.OP_CONV and stem[pk.F_P + pk.P_CONV_POOL] == 1
+    assert tuple(stem[pk.F_P + pk.P_CONV_POOL + 1:pk.F_P + pk.P_CONV_POOL + 7]) == (3, 3, 2, 2, 1, 1)
+    assert tuple(fused.vals[stem[pk.F_IN1], 1:]) == (2, 32, 32, 64)  # the conv's output, the row's scratch
+    assert tuple(fused.vals[stem[pk.F_OUT], 1:]) == (2, 16, 16, 64)  # pooled
+    x = _images(2, 64, seed=5)
+    got = load(path, num_threads=1)(x)
+    with monkeypatch.context() as m:
+        m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
+        np.testing.assert_array_equal(got, load(path, num_threads=2)(x))
+    monkeypatch.setattr(P, "fuse_conv_max_pool", lambda nodes, output: (nodes, output))
+    unfused = P.build_plan(meta, tensors, shape)
+    assert int((unfused.ops[:, pk.F_OP] == pk.OP_MAX_POOL).sum()) == 1
+    np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
+
+
 @pytest.mark.parametrize("impl", IMPLS[:1] + ["portable"])
 @pytest.mark.parametrize("name,size,fused_bns", [("resnet20_1w1a", 32, 1), ("resnet18_1w1a_imagenet", 64, 4)])
 def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int,

@@ -283,8 +283,10 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
 
 # Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:
 # 1 when fused, then the offsets of the BatchNorm's scale and shift in ``fp``. P_CONV_WIDE: 1 for
-# 512-bit vector blocks (the numba target has AVX-512; same bits as the 256-bit ones).
-P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE = 10, 11, 12, 13
+# 512-bit vector blocks (the numba target has AVX-512; same bits as the 256-bit ones). P_CONV_POOL: 1
+# when the max pool reading the conv (+ BatchNorm) is fused (the row's output is then the pooled value
+# and F_IN1 the conv's full output, the row's scratch), followed by the pool's kh, kw, sh, sw, ph, pw.
+P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE, P_CONV_POOL = 10, 11, 12, 13, 14
 
 
 @_jit(parallel=True)
@@ -296,6 +298,27 @@ def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wid
 
 
 @_jit()
+def _conv_bn_max_pool(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, conv, wide, q, out):  # type: ignore[no-untyped-def]
+    """Conv + BatchNorm + activation into ``conv``, then the max pool ``q`` = (kh, kw, sh, sw, ph, pw) of it
+    into ``out``, on the calling thread: each pooled row right after the conv rows it needs, which are
+    still in cache (the ImageNet stem's output is 3.2 MB; pooled in one pass it came back from memory).
+    The same values as the two passes: the conv rows are the same, the pool reads finished rows only."""
+    fk._check_pool(conv, q[0], q[1], q[2], q[3], q[4], q[5], out, conv.shape[3])
+    ch, oh_ = conv.shape[1], out.shape[1]
+    for n in range(out.shape[0]):
+        done = 0
+        for i in range(oh_):
+            need = max(0, min(ch, i * q[2] - q[4] + q[0]))
+            if need > done:
+                fk._conv2d_rows(n * ch + done, n * ch + need, x, w, bias, sh, sw, ph, pw, conv, wide, scale, shift,
+                                lo, hi)
+                done = need
+            fk._max_pool2d_row(n * oh_ + i, conv, q[0], q[1], q[2], q[3], q[4], q[5], out)
+        if done < ch:  # rows no window reads (a stride larger than the kernel): computed all the same
+            fk._conv2d_rows(n * ch + done, n * ch + ch, x, w, bias, sh, sw, ph, pw, conv, wide, scale, shift, lo, hi)
+
+
+@_jit()
 def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
     """One full-precision row; p: its parameter columns (see ``plan``'s row builders)."""
     act, lo, hi = p[0], fp[p[1]], fp[p[1] + 1]
@@ -304,7 +327,17 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
         w = fp[p[4]:p[4] + kh_ * kw_ * c_in * c_out].reshape((kh_, kw_, c_in, c_out))
         bias = fp[p[5]:p[5] + c_out]
         wide = p[P_CONV_WIDE] != 0
-        if p[P_CONV_BN] != 0:
+        if p[P_CONV_POOL] != 0:  # y: the conv's output (the row's scratch), out: the pooled value
+            fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], y)
+            scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
+            lo32, hi32 = fk._act_bounds(act, lo, hi)
+            q = p[P_CONV_POOL + 1:P_CONV_POOL + 7]
+            if par:
+                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, y, wide)
+                fk.max_pool2d_nhwc(y, q[0], q[1], q[2], q[3], q[4], q[5], out)
+            else:
+                _conv_bn_max_pool(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, y, wide, q, out)
+        elif p[P_CONV_BN] != 0:
             fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], out)
             scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
             lo32, hi32 = fk._act_bounds(act, lo, hi)

@@ -147,6 +147,7 @@ class _Node:
     hi: float = 1.0
     residual: Optional[str] = None  # binary conv: the skip connection added to its output (then ``act``)
     bn: Optional["_Node"] = None  # float conv: the BatchNorm applied to its output (then ``act``)
+    pool: Optional["_Node"] = None  # float conv with ``bn``: the max pool reading its output
 
 
 def _act_of(node: dict) -> tuple[int, float, float]:
@@ -239,6 +240,22 @@ def _channel_pad_into_avg_pool(nd: _Node, by_name: dict[str, _Node],
     return pool, replace(pool, name=nd.name, attrs=attrs)
 
 
+def _max_pool_into_conv(nd: _Node, by_name: dict[str, _Node],
+                        users: dict[str, int]) -> Optional[tuple[_Node, _Node]]:
+    conv = by_name.get(nd.inputs[0]) if nd.op == "max_pool2d" and nd.inputs else None
+    if (conv is None or conv.op != "conv2d" or conv.bn is None or conv.pool is not None or nd.act != ACT_NONE
+            or users.get(conv.name) != 1):
+        return None
+    return conv, replace(conv, name=nd.name, pool=nd)
+
+
+def fuse_conv_max_pool(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
+    """Fold each ``max_pool2d`` into the float conv (with its BatchNorm fused) that feeds it alone - the
+    ImageNet stem: one row computes the conv's rows a band at a time and pools each band while it is
+    in cache (on one thread), instead of reading the 3.2 MB conv output back from memory."""
+    return _fold_into_producers(nodes, output, _max_pool_into_conv)
+
+
 def fuse_pool_channel_pad(nodes: list[_Node], output: str) -> tuple[list[_Node], str]:
     """Fold each ``pad_channels`` into the ``avg_pool2d`` that feeds it alone (the option-A shortcut of
     the CIFAR ResNets): one pass writes the pooled channels and the zeros around them."""
@@ -296,6 +313,7 @@ class _Builder:
         self.value_of: dict[str, int] = {}
         self.pk_words = 1
         self.producer_row: dict[int, int] = {}
+        self.scratch_rows: dict[int, int] = {}  # row -> its scratch value (read as F_IN1, see _scratch)
         self.sign_words = 0  # row buffers of tap-packed rows, placed after the packing scratch
         self.sign_patches: list[tuple[int, int]] = []  # (row, parameter) holding an offset into them
         self.x8_bytes = 64
@@ -322,6 +340,19 @@ class _Builder:
         row[self.pk.F_P:self.pk.F_P + len(params)] = params
         self.producer_row[out] = len(self.rows)
         self.rows.append(row)
+
+    def _scratch(self, name: str, shape: tuple[int, int, int, int]) -> str:
+        """A value that only the next row writes and reads (its arena buffer lives for that row)."""
+        self.scratch_rows[len(self.rows)] = self._value(name, shape)
+        return name
+
+    @staticmethod
+    def _pool_params(node: _Node) -> list[int]:
+        """kh, kw, sh, sw, ph, pw of a pooling node."""
+        kh, kw = _pair(node.attrs["kernel"])
+        sh, sw = _pair(node.attrs.get("stride") or node.attrs["kernel"])
+        ph, pw = _pair(node.attrs.get("padding", 0))
+        return [kh, kw, sh, sw, ph, pw]
 
     def _tensor(self, node: _Node, role: str) -> np.ndarray:
         key = node.tensors.get(role)
@@ -465,7 +496,13 @@ class _Builder:
             pw -= int(node.attrs.get("input_padded", 0))  # columns its input already has
             bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
-            v = self._value(node.name, (n, oh, ow, o))
+            ins = node.inputs
+            if node.pool is None:
+                v = self._value(node.name, (n, oh, ow, o))
+            else:  # the conv's output is the row's own scratch (F_IN1), the pooled value its output
+                ins = [node.inputs[0], self._scratch(node.name + "/conv", (n, oh, ow, o))]
+                pool_params = self._pool_params(node.pool)
+                v = self._value(node.name, (n, _pool_size(oh, *pool_params[0::2]), _pool_size(ow, *pool_params[1::2]), o))
             params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
             assert len(params) == pk.P_CONV_BN
             if node.bn is not None:
@@ -473,7 +510,9 @@ class _Builder:
             else:
                 params += [0, 0, 0]
             params.append(int(target_has_avx512f()))
-            self._row(pk.OP_CONV, node.inputs, v, params, n * oh * ow * o * c * kh * kw // 8)
+            assert len(params) == pk.P_CONV_POOL
+            params += [0] * 7 if node.pool is None else [1, *pool_params]
+            self._row(pk.OP_CONV, ins, v, params, n * oh * ow * o * c * kh * kw // 8)
         elif op == "batch_norm":
             v = self._value(node.name, (n, h, w, c))
             params = act + [self.fp.add(self._tensor(node, "scale")), self.fp.add(self._tensor(node, "shift"))]
@@ -495,9 +534,7 @@ class _Builder:
             v = self._value(node.name, (n, h, w, c))
             self._row(pk.OP_PRELU, node.inputs, v, act + [self.fp.add(weight), weight.size], size)
         elif op in ("avg_pool2d", "max_pool2d"):
-            kh, kw = _pair(node.attrs["kernel"])
-            sh, sw = _pair(node.attrs.get("stride") or node.attrs["kernel"])
-            ph, pw = _pair(node.attrs.get("padding", 0))
+            kh, kw, sh, sw, ph, pw = self._pool_params(node)
             oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
             before, after = int(node.attrs.get("pad_before", 0)), int(node.attrs.get("pad_after", 0))
             v = self._value(node.name, (n, oh, ow, before + c + after))
@@ -542,6 +579,9 @@ class _Builder:
         for r, row in enumerate(self.rows):
             v = int(row[pk.F_OUT])
             self.vals[v][0] = arena.take(int(np.prod(self.vals[v][1:])))
+            if r in self.scratch_rows:  # given back below, this row being its last reader
+                u = self.scratch_rows[r]
+                self.vals[u][0] = arena.take(int(np.prod(self.vals[u][1:])))
             for f in (pk.F_IN0, pk.F_IN1):
                 u = int(row[f])
                 if u >= 0 and last.get(u) == r and u != v and (f == pk.F_IN0 or u != row[pk.F_IN0]):
@@ -580,7 +620,7 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     graph = meta.get("graph")
     if not graph:
         raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
-    nodes, output = fuse_pool_channel_pad(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph))))
+    nodes, output = fuse_pool_channel_pad(*fuse_conv_max_pool(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph)))))
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
     b.input(graph["input"]["name"], (n, h, w, c), pad=pad_input_for_conv(nodes, graph["input"]["name"], tensors))
