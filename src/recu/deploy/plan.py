@@ -4,9 +4,10 @@
 :func:`recu.deploy.export` writes, ``docs/file-format.md``) and returns a :class:`CompiledModel`:
 numpy (or torch) NCHW images in, logits out. For each input shape it builds a plan once - the
 graph's operations as rows of an int64 table, with BatchNorm + activation and add + activation
-fused, a residual add + activation run inside the binary conv that feeds it and a BatchNorm +
-activation inside the float conv that feeds it (row by row, while the row is in cache), every activation at a fixed offset of one float32 arena (buffers reused once their last
-reader has run), the parameters and binary weights in flat arrays laid out for the chosen
+fused, a residual add + activation run inside the binary conv that feeds it, a BatchNorm +
+activation inside the float conv that feeds it (row by row, while the row is in cache) and the
+ImageNet stem's max pool inside the stem's row, every activation at a fixed offset of one float32
+arena (buffers reused once their last reader has run), the parameters and binary weights in flat arrays laid out for the chosen
 kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
 Without numba the same graph runs on NumPy (:mod:`recu.deploy.graph_numpy`), slowly.
 
@@ -502,7 +503,8 @@ class _Builder:
             else:  # the conv's output is the row's own scratch (F_IN1), the pooled value its output
                 ins = [node.inputs[0], self._scratch(node.name + "/conv", (n, oh, ow, o))]
                 pool_params = self._pool_params(node.pool)
-                v = self._value(node.name, (n, _pool_size(oh, *pool_params[0::2]), _pool_size(ow, *pool_params[1::2]), o))
+                pooled = (_pool_size(oh, *pool_params[0::2]), _pool_size(ow, *pool_params[1::2]))  # kh sh ph, kw sw pw
+                v = self._value(node.name, (n, *pooled, o))
             params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
             assert len(params) == pk.P_CONV_BN
             if node.bn is not None:
@@ -620,7 +622,8 @@ def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int]
     graph = meta.get("graph")
     if not graph:
         raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
-    nodes, output = fuse_pool_channel_pad(*fuse_conv_max_pool(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph)))))
+    nodes, output = fuse_conv_max_pool(*fuse_conv_batch_norm(*fuse_residuals(*fuse_graph(graph))))
+    nodes, output = fuse_pool_channel_pad(nodes, output)
     b = _Builder(meta, tensors, impl, threads)
     n, c, h, w = input_shape
     b.input(graph["input"]["name"], (n, h, w, c), pad=pad_input_for_conv(nodes, graph["input"]["name"], tensors))
