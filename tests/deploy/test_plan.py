@@ -257,6 +257,36 @@ def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.Mon
     np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
 
 
+def test_nhwc_view_is_the_reshaped_slice_and_keeps_its_buffer_alive() -> None:
+    """The executor's cheap view: the same elements as ``flat[ofs:ofs + size].reshape(shape)`` (writes go
+    to ``flat``), and the view holds a reference to the buffer, which outlives the caller's name for it."""
+    import gc
+
+    import numba
+
+    from recu.deploy._plan_kernels import nhwc_view
+
+    @numba.njit
+    def view(flat, ofs, n, h, w, c):  # noqa: ANN001, ANN202
+        return nhwc_view(flat, ofs, n, h, w, c)
+
+    @numba.njit
+    def fill(flat):  # noqa: ANN001, ANN202
+        v = nhwc_view(flat, 5, 2, 3, 4, 2)
+        v[1, 2, 3, 1] = -1.0
+
+    flat = np.arange(60, dtype=np.float32)
+    got = view(flat, 7, 2, 2, 3, 2)
+    np.testing.assert_array_equal(got, flat[7:31].reshape(2, 2, 3, 2))
+    assert got.shape == (2, 2, 3, 2) and got.flags.c_contiguous
+    fill(flat)
+    assert flat[5 + ((1 * 3 + 2) * 4 + 3) * 2 + 1] == -1.0
+    kept = view(np.arange(100, dtype=np.float32), 10, 1, 2, 3, 4)
+    gc.collect()
+    np.testing.assert_array_equal(kept.reshape(-1), np.arange(10, 34, dtype=np.float32))
+    assert view(flat, 0, 0, 0, 0, 0).shape == (0, 0, 0, 0)
+
+
 def test_max_pool_fused_into_the_stem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ResNet-18's stem conv (+ BatchNorm + hardtanh) and its max pool are one row, which pools each band
     of conv rows while it is in cache; its conv output is the row's own scratch. The logits of a batch of

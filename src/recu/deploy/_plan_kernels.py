@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from . import _amx_kernels as ak
 from . import _float_kernels as fk
@@ -107,11 +108,43 @@ N_FIELDS = 28
 V_OFS, V_N, V_H, V_W, V_C = 0, 1, 2, 3, 4
 
 
+@intrinsic
+def nhwc_view(typingctx, flat, ofs, n, h, w, c):  # type: ignore[no-untyped-def]
+    """``flat[ofs:ofs + n*h*w*c].reshape((n, h, w, c))`` without bounds or contiguity checks: the array
+    struct is filled in place (sharing ``flat``'s memory owner). numba's reshape calls a C helper
+    (~30 ns); a plan makes 4-8 views per row, ~5% of ResNet-20's 180 us. The caller guarantees the
+    range lies inside ``flat`` (the plan's own offsets)."""
+    if not (isinstance(flat, types.Array) and flat.ndim == 1 and flat.layout == "C"
+            and all(isinstance(v, types.Integer) for v in (ofs, n, h, w, c))):
+        return None
+    view = types.Array(flat.dtype, 4, "C")
+    i = types.intp
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        from numba.core import cgutils
+
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.make_array(view)(context, builder)
+        dims = [context.cast(builder, a, t, i) for a, t in zip(args[2:], signature.args[2:])]
+        itemsize = context.get_constant(i, context.get_abi_sizeof(context.get_data_type(flat.dtype)))
+        strides, step = [], itemsize
+        for d in reversed(dims):
+            strides.insert(0, step)
+            step = builder.mul(step, d)
+        start = context.cast(builder, args[1], signature.args[1], i)
+        context.populate_array(out, data=builder.gep(src.data, [start]), shape=cgutils.pack_array(builder, dims),
+                               strides=cgutils.pack_array(builder, strides), itemsize=itemsize,
+                               meminfo=src.meminfo, parent=None)
+        result = out._getvalue()
+        context.nrt.incref(builder, view, result)  # a new reference to flat's memory, as reshape returns
+        return result
+
+    return view(flat, ofs, n, h, w, c), codegen
+
+
 @_jit()
 def _view(arena, vals, v):  # type: ignore[no-untyped-def]
-    o = vals[v, V_OFS]
-    n, h, w, c = vals[v, V_N], vals[v, V_H], vals[v, V_W], vals[v, V_C]
-    return arena[o:o + n * h * w * c].reshape((n, h, w, c))
+    return nhwc_view(arena, vals[v, V_OFS], vals[v, V_N], vals[v, V_H], vals[v, V_W], vals[v, V_C])
 
 
 @_jit()
@@ -324,7 +357,7 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
     act, lo, hi = p[0], fp[p[1]], fp[p[1] + 1]
     if op == OP_CONV:
         kh_, kw_, c_in, c_out = p[2], p[3], x.shape[3], out.shape[3]
-        w = fp[p[4]:p[4] + kh_ * kw_ * c_in * c_out].reshape((kh_, kw_, c_in, c_out))
+        w = nhwc_view(fp, p[4], kh_, kw_, c_in, c_out)  # (KH, KW, C, O)
         bias = fp[p[5]:p[5] + c_out]
         wide = p[P_CONV_WIDE] != 0
         if p[P_CONV_POOL] != 0:  # y: the conv's output (the row's scratch), out: the pooled value
@@ -434,11 +467,11 @@ def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def
     v1 = ops[r, F_IN1]
     if op <= OP_BCONV_PORTABLE:
         # F_IN1: the residual of a fused skip connection; else a 0-size view (no fusion)
-        res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
+        res = _view(arena, vals, v1) if v1 >= 0 else nhwc_view(arena, 0, 0, 0, 0, 0)
         _binary_conv_popcount(op, p, par, x, _flat(arena, vals, v0), out, fp, u64, pk, res)
         return True
     if op == OP_BCONV_TAPS:
-        res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
+        res = _view(arena, vals, v1) if v1 >= 0 else nhwc_view(arena, 0, 0, 0, 0, 0)
         _binary_conv_taps(p, par, x, _flat(arena, vals, v0), out, fp, u64, pk, res)
         return True
     _float_op(op, p, par, x, _view(arena, vals, v1 if v1 >= 0 else v0), out, fp)
@@ -458,7 +491,7 @@ def run_plan_amx(ops, vals, arena, fp, u64, i8, i64, pk, x8, cfg, x_in):  # type
     for r in range(ops.shape[0]):
         if not _row(r, ops, vals, arena, fp, u64, pk, x_in):
             v0, v1 = ops[r, F_IN0], ops[r, F_IN1]
-            res = _view(arena, vals, v1) if v1 >= 0 else arena[:0].reshape((0, 0, 0, 0))
+            res = _view(arena, vals, v1) if v1 >= 0 else nhwc_view(arena, 0, 0, 0, 0, 0)
             _binary_conv_amx(ops[r, F_OP], ops[r, F_P:], ops[r, F_PARALLEL] != 0, _view(arena, vals, v0),
                              _flat(arena, vals, v0), _view(arena, vals, ops[r, F_OUT]), fp, u64, i8, i64, x8, cfg,
                              res)
