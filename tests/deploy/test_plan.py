@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -230,10 +231,29 @@ def test_input_row_pads_the_stem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert P.build_plan(meta, tensors, shape).ops[0, pk.F_P] == 0
 
 
+def _assert_fusion_is_exact(monkeypatch: pytest.MonkeyPatch, path: Path, x: np.ndarray, fusion: str, op: int,
+                            unfused_rows: int, impl: Optional[str] = None) -> None:
+    """The plan's logits on one thread equal those with every row on two worker threads, and those of the
+    plan built without the ``plan.<fusion>`` pass, which has ``unfused_rows`` rows of ``op``."""
+    from recu.deploy import _numba_kernels as nk
+    from recu.deploy import _plan_kernels as pk
+    from recu.deploy import plan as P
+    from recu.deploy.fileio import read_metadata, read_tensors
+
+    got = load(path, impl=impl, num_threads=1)(x)
+    with monkeypatch.context() as m:
+        m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
+        np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=2)(x))
+    with monkeypatch.context() as m:
+        m.setattr(P, fusion, lambda nodes, output: (nodes, output))
+        unfused = P.build_plan(read_metadata(path), read_tensors(path), x.shape, impl=impl)
+        assert int((unfused.ops[:, pk.F_OP] == op).sum()) == unfused_rows
+        np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
+
+
 def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ResNet-20's two option-A shortcuts (avg pool, then zero channels) are one row each, which writes
     the padded value; the logits are bit-identical to the two-row plan's, with one or two threads."""
-    from recu.deploy import _numba_kernels as nk
     from recu.deploy import _plan_kernels as pk
     from recu.deploy import plan as P
     from recu.deploy.fileio import read_metadata, read_tensors
@@ -246,15 +266,7 @@ def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.Mon
     assert int((fused.ops[:, pk.F_OP] == pk.OP_PAD_CHANNELS).sum()) == 0
     assert [tuple(fused.vals[r[pk.F_OUT], 1:]) for r in pools] == [(2, 16, 16, 32), (2, 8, 8, 64)]
     assert [tuple(r[pk.F_P + 9:pk.F_P + 11]) for r in pools] == [(8, 8), (16, 16)]
-    x = _images(2, 32, seed=8)
-    got = load(path, num_threads=1)(x)
-    with monkeypatch.context() as m:
-        m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
-        np.testing.assert_array_equal(got, load(path, num_threads=2)(x))
-    monkeypatch.setattr(P, "fuse_pool_channel_pad", lambda nodes, output: (nodes, output))
-    unfused = P.build_plan(meta, tensors, shape)
-    assert int((unfused.ops[:, pk.F_OP] == pk.OP_PAD_CHANNELS).sum()) == 2
-    np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
+    _assert_fusion_is_exact(monkeypatch, path, _images(2, 32, seed=8), "fuse_pool_channel_pad", pk.OP_PAD_CHANNELS, 2)
 
 
 def test_nhwc_view_is_the_reshaped_slice_and_keeps_its_buffer_alive() -> None:
@@ -291,7 +303,6 @@ def test_max_pool_fused_into_the_stem(tmp_path: Path, monkeypatch: pytest.Monkey
     """ResNet-18's stem conv (+ BatchNorm + hardtanh) and its max pool are one row, which pools each band
     of conv rows while it is in cache; its conv output is the row's own scratch. The logits of a batch of
     two are bit-identical to the two-row plan's, with one thread (banded) or two (two passes)."""
-    from recu.deploy import _numba_kernels as nk
     from recu.deploy import _plan_kernels as pk
     from recu.deploy import plan as P
     from recu.deploy.fileio import read_metadata, read_tensors
@@ -306,15 +317,7 @@ def test_max_pool_fused_into_the_stem(tmp_path: Path, monkeypatch: pytest.Monkey
     assert tuple(stem[pk.F_P + pk.P_CONV_POOL + 1:pk.F_P + pk.P_CONV_POOL + 7]) == (3, 3, 2, 2, 1, 1)
     assert tuple(fused.vals[stem[pk.F_IN1], 1:]) == (2, 32, 32, 64)  # the conv's output, the row's scratch
     assert tuple(fused.vals[stem[pk.F_OUT], 1:]) == (2, 16, 16, 64)  # pooled
-    x = _images(2, 64, seed=5)
-    got = load(path, num_threads=1)(x)
-    with monkeypatch.context() as m:
-        m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
-        np.testing.assert_array_equal(got, load(path, num_threads=2)(x))
-    monkeypatch.setattr(P, "fuse_conv_max_pool", lambda nodes, output: (nodes, output))
-    unfused = P.build_plan(meta, tensors, shape)
-    assert int((unfused.ops[:, pk.F_OP] == pk.OP_MAX_POOL).sum()) == 1
-    np.testing.assert_array_equal(got, load(path, num_threads=1)(x))
+    _assert_fusion_is_exact(monkeypatch, path, _images(2, 64, seed=5), "fuse_conv_max_pool", pk.OP_MAX_POOL, 1)
 
 
 @pytest.mark.parametrize("impl", IMPLS[:1] + ["portable"])
@@ -333,16 +336,8 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
     affine = lambda plan: int((plan.ops[:, pk.F_OP] == pk.OP_AFFINE_ACT).sum())  # noqa: E731
     fused = P.build_plan(meta, tensors, shape, impl=impl)
     assert int((fused.ops[fused.ops[:, pk.F_OP] == pk.OP_CONV][:, pk.F_P + pk.P_CONV_BN] == 1).sum()) == fused_bns
-    x = _images(2, size, seed=6)
-    got = load(path, impl=impl, num_threads=1)(x)
-    from recu.deploy import _numba_kernels as nk
-
-    monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
-    np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=2)(x))
-    monkeypatch.setattr(P, "fuse_conv_batch_norm", lambda nodes, output: (nodes, output))
-    unfused = P.build_plan(meta, tensors, shape, impl=impl)
-    assert affine(unfused) == affine(fused) + fused_bns
-    np.testing.assert_array_equal(got, load(path, impl=impl, num_threads=1)(x))
+    _assert_fusion_is_exact(monkeypatch, path, _images(2, size, seed=6), "fuse_conv_batch_norm", pk.OP_AFFINE_ACT,
+                            affine(fused) + fused_bns, impl)
 
 
 def test_auto_runs_packable_64_channel_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
