@@ -360,25 +360,23 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
         w = nhwc_view(fp, p[4], kh_, kw_, c_in, c_out)  # (KH, KW, C, O)
         bias = fp[p[5]:p[5] + c_out]
         wide = p[P_CONV_WIDE] != 0
-        if p[P_CONV_POOL] != 0:  # y: the conv's output (the row's scratch), out: the pooled value
-            fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], y)
+        if p[P_CONV_BN] != 0:
+            pooled = p[P_CONV_POOL] != 0
+            conv = y if pooled else out  # with a fused max pool: y, the row's scratch (F_IN1); out is pooled
+            fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], conv)
             scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
             lo32, hi32 = fk._act_bounds(act, lo, hi)
             q = p[P_CONV_POOL + 1:P_CONV_POOL + 7]
-            if par:
-                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, y, wide)
-                fk.max_pool2d_nhwc(y, q[0], q[1], q[2], q[3], q[4], q[5], out)
+            if pooled and not par:
+                _conv_bn_max_pool(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, conv, wide, q, out)
             else:
-                _conv_bn_max_pool(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, y, wide, q, out)
-        elif p[P_CONV_BN] != 0:
-            fk._check_conv2d(x, w, bias, p[6], p[7], p[8], p[9], out)
-            scale, shift = fp[p[P_BN_SCALE]:p[P_BN_SCALE] + c_out], fp[p[P_BN_SHIFT]:p[P_BN_SHIFT] + c_out]
-            lo32, hi32 = fk._act_bounds(act, lo, hi)
-            if par:
-                _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, out, wide)
-            else:
-                fk._conv2d_rows(0, out.shape[0] * out.shape[1], x, w, bias, p[6], p[7], p[8], p[9], out, wide,
-                                scale, shift, lo32, hi32)
+                if par:
+                    _conv_bn_parallel(x, w, bias, p[6], p[7], p[8], p[9], scale, shift, lo32, hi32, conv, wide)
+                else:
+                    fk._conv2d_rows(0, conv.shape[0] * conv.shape[1], x, w, bias, p[6], p[7], p[8], p[9], conv,
+                                    wide, scale, shift, lo32, hi32)
+                if pooled:
+                    fk.max_pool2d_nhwc(conv, q[0], q[1], q[2], q[3], q[4], q[5], out)
         elif par:
             fk.conv2d_nhwc(x, w, bias, p[6], p[7], p[8], p[9], out, wide)
         else:

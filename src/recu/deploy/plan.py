@@ -7,8 +7,8 @@ graph's operations as rows of an int64 table, with BatchNorm + activation and ad
 fused, a residual add + activation run inside the binary conv that feeds it, a BatchNorm +
 activation inside the float conv that feeds it (row by row, while the row is in cache) and the
 ImageNet stem's max pool inside the stem's row, every activation at a fixed offset of one float32
-arena (buffers reused once their last reader has run), the parameters and binary weights in flat arrays laid out for the chosen
-kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
+arena (buffers reused once their last reader has run), the parameters and binary weights in flat
+arrays laid out for the chosen kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
 Without numba the same graph runs on NumPy (:mod:`recu.deploy.graph_numpy`), slowly.
 
 Nothing here imports torch: a deployment machine needs numpy, numba and safetensors only.
