@@ -49,6 +49,8 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
     nw = tk.tap_words(c, kw)
     variant, taps, ranges = tk.column_variants(w, kw, s, p, ow)
+    rowvar, row_pairs = tk.row_variants(h, kh, s, p, oh)
+    starts = tk.padding_starts(bits, c, w, s, p, ow, row_pairs)
     wb = tk.block_tap_weights(bits, c, ranges).ravel()
     rowbytes = tk.row_bytes(w, c, p)
     a = np.full(n * h * rowbytes, 0xAB, np.uint8)  # junk: the packer writes every byte
@@ -60,7 +62,8 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
     srow = tk.row_bytes(ow, c_out, next_pw) if next_pw is not None else 0
     signs = np.zeros(n * oh * srow, np.uint8)
     args = (a, rowbytes, wb, h, nw, np.uint64(tk.tail_mask_of(c, kw, nw)), kh, kw, c, c_out, s, s, p, ow_lo, ow_hi,
-            variant.astype(np.uint64), taps.astype(np.uint64), epi, out, r, lo, hi, signs, srow,
+            variant.astype(np.uint64), taps.astype(np.uint64), rowvar.astype(np.uint64), starts, epi, out, r, lo, hi,
+            signs, srow,
             (next_pw or 0) * c_out // 8)
     if parallel:
         tk.conv_taps(*args)
@@ -71,11 +74,16 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
 
 # (N, H, W, C_in, C_out, KH, KW, stride, pad): ResNet-20's narrow layers, odd sizes, a 5x5 kernel with
 # two padding columns, no padding, an input narrower than the kernel, C_out not a multiple of 16,
-# 64 channels (one word per tap: row buffers without shared words).
+# 64 channels (one word per tap: row buffers without shared words). With C_out a multiple of 16 and
+# 4+ output columns the edge columns run in register blocks with padding starts: 5x5 kernels with two
+# padding columns and rows, stride 2 with an odd width, 5 and 13 columns (a 4-pixel block and the last
+# block overlapping), 4 columns, padding wider than half the kernel (columns with no tap inside).
 SHAPES = [(1, 32, 32, 16, 16, 3, 3, 1, 1), (2, 7, 9, 16, 24, 3, 3, 1, 1), (1, 32, 32, 16, 32, 3, 3, 2, 1),
           (1, 16, 16, 32, 32, 3, 3, 1, 1), (1, 5, 6, 32, 8, 3, 3, 2, 1), (1, 9, 9, 16, 40, 5, 5, 1, 2),
           (1, 4, 4, 48, 16, 3, 3, 1, 1), (1, 6, 6, 16, 16, 3, 3, 1, 0), (1, 3, 2, 16, 16, 3, 3, 1, 1),
-          (1, 8, 8, 32, 16, 1, 3, 1, 1), (1, 8, 8, 64, 64, 3, 3, 1, 1), (1, 9, 7, 64, 24, 3, 3, 2, 1)]
+          (1, 8, 8, 32, 16, 1, 3, 1, 1), (1, 8, 8, 64, 64, 3, 3, 1, 1), (1, 9, 7, 64, 24, 3, 3, 2, 1),
+          (2, 9, 11, 16, 32, 5, 5, 1, 2), (1, 9, 11, 32, 16, 3, 3, 2, 1), (1, 5, 5, 16, 16, 3, 3, 1, 1),
+          (1, 6, 13, 64, 16, 3, 3, 1, 1), (1, 4, 4, 16, 48, 3, 3, 1, 1), (1, 3, 3, 16, 16, 3, 3, 1, 3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -160,6 +168,28 @@ def test_weight_layout_and_variants() -> None:
     assert not wb[..., 1:].any()  # output channels past C_out: zero
     assert tk.use_taps(16, 3) and tk.use_taps(32, 3) and tk.use_taps(64, 3) and not tk.use_taps(16, 1)
     assert not tk.use_taps(8, 3) and not tk.use_taps(128, 3)
+
+
+def test_padding_starts_count_the_padded_taps() -> None:
+    """A padded tap starts the count at C_in / 2 minus its weight's ones, summed over the kernel rows
+    used; interior columns and rows start at 0; the table leads with a block's worth of zeros."""
+    from recu.deploy import _numba_kernels as nk
+    from recu.deploy import _tap_kernels as tk
+
+    c_in, c_out, kh, kw = 16, 16, 3, 3
+    bits = np.zeros((c_out, kh, kw, 1), np.uint64)
+    bits[0, :, 0, 0] = [0x0001, 0x0003, 0xFFFF]  # channel 0's left taps: 1, 2, 16 ones
+    bits[1, :, 2, 0] = 0x00FF                    # channel 1's right taps: 8 ones each
+    rowvar, pairs = tk.row_variants(h=4, kh=kh, sh=1, ph=1, oh=4)
+    assert pairs == [(1, 2), (0, 3), (0, 2)] and rowvar.tolist() == [0, 1, 1, 2]  # top, inside, bottom
+    starts = tk.padding_starts(bits, c_in, w=4, sw=1, pw=1, ow=4, row_pairs=pairs)
+    zeros = 2 * nk.XNOR_PIXELS * c_out
+    assert not starts[:zeros].any()
+    table = starts[zeros:].reshape(3, 4, c_out)
+    assert table[1, 0, 0] == (8 - 1) + (8 - 2) + (8 - 16)  # left column, all rows: channel 0's left taps
+    assert table[0, 0, 0] == (8 - 2) + (8 - 16) and table[2, 0, 0] == (8 - 1) + (8 - 2)
+    assert table[1, 0, 1] == 3 * 8 and table[1, 3, 1] == 3 * 0  # channel 1: no ones left, 8 ones right
+    assert table[1, 3, 0] == 3 * 8 and not table[:, 1:3].any()
 
 
 def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

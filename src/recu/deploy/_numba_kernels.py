@@ -108,7 +108,9 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False, addressing: s
     ``addressing="bytes"``: ``a`` is a uint8 array and ``aoff``, ``astep``, ``arow`` count bytes
     (word t of a row at ``+ 8t`` bytes, unaligned), and a ``tail`` word after ``n`` masks the last
     word of every row (``(a XOR w) AND tail``): the row buffers of :mod:`._tap_kernels`, read in
-    place. ``fused`` (bytes, 2 blocks): see :func:`_emit_fused_epilogue` for its arguments.
+    place. ``fused`` (bytes, 2 blocks): see :func:`_emit_fused_epilogue` for its arguments; its last two,
+    ``init`` (int64) and ``ioff``, give the accumulators' start values: ``init[ioff + p * c_out + 8b + lane]``
+    (zeros, or the padding correction of :func:`._tap_kernels.padding_starts`).
 
     Written directly as LLVM vector IR: each <8 x i64> weight load feeds ``pixels`` XOR /
     ``ctpop`` / add chains, each broadcast activation word feeds ``blocks`` of them, and the
@@ -133,13 +135,14 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False, addressing: s
     if fused:
         @intrinsic
         def xnor_rows(typingctx, a, aoff, astep, arow, wb, woff, wrow, wblk, rows, n, tail, acc,  # type: ignore[no-untyped-def]
-                      out, epi, dst, o0, c_out, valid, res, lo, hi, signs, sdst, sstride, fuse_res, write_signs):
-            ints = (aoff, astep, arow, woff, wrow, wblk, rows, n, tail, dst, o0, c_out, valid, sdst, sstride)
-            if (not check(a, ints, wb, acc) or out != f32 or epi != f32 or res != f32
+                      out, epi, dst, o0, c_out, valid, res, lo, hi, signs, sdst, sstride, fuse_res, write_signs,
+                      init, ioff):
+            ints = (aoff, astep, arow, woff, wrow, wblk, rows, n, tail, dst, o0, c_out, valid, sdst, sstride, ioff)
+            if (not check(a, ints, wb, acc) or out != f32 or epi != f32 or res != f32 or init != acc
                     or signs != types.Array(types.uint8, 1, "C") or lo != types.float32 or hi != types.float32):
                 return None
             sig = types.void(a, i, i, i, wb, i, i, i, i, i, types.uint64, acc, out, epi, i, i, i, i, res,
-                             types.float32, types.float32, signs, i, i, types.boolean, types.boolean)
+                             types.float32, types.float32, signs, i, i, types.boolean, types.boolean, init, i)
             return sig, codegen
     elif store:
         @intrinsic
@@ -188,7 +191,16 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False, addressing: s
                      for b in range(blocks)]
             return a_px, w_blk
 
-        results = _emit_xnor_nest(builder, pixels, blocks, rows_v, n_v, row_pointers, tail_v, 1 if by_bytes else 8)
+        start = None
+        if fused:  # the accumulators' start values, <8 x i64> at init[ioff + p * c_out + 8b]
+            init_arr = context.make_array(signature.args[26])(context, builder, args[26])
+            start = []
+            for q in range(count):
+                b, p = divmod(q, pixels)
+                at = builder.add(args[27], builder.add(builder.mul(args[16], ir.Constant(i64, p)), ir.Constant(i64, 8 * b)))
+                start.append(builder.load(builder.bitcast(builder.gep(init_arr.data, [at]), vec.as_pointer()), align=8))
+        results = _emit_xnor_nest(builder, pixels, blocks, rows_v, n_v, row_pointers, tail_v, 1 if by_bytes else 8,
+                                  start)
         if fused:
             _emit_fused_epilogue(context, builder, signature, args, results, pixels)
         elif not store:
@@ -202,11 +214,13 @@ def _make_xnor_rows(pixels: int, blocks: int, store: bool = False, addressing: s
     return xnor_rows
 
 
-def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers, tail_v, a_align: int):  # type: ignore[no-untyped-def]
+def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers, tail_v, a_align: int,  # type: ignore[no-untyped-def]
+                    start=None):
     """The loop nest of :func:`_make_xnor_rows`: kernel rows k < ``rows_v`` (outer), words t < ``n_v``
     of a row (inner); ``row_pointers(k)`` -> (per pixel i64*, per block <8 x i64>*). Returns the
     ``pixels * blocks`` accumulator vectors (q = b * pixels + p), the builder left after the loops.
-    ``tail_v``: None, or the mask of each row's last word."""
+    ``tail_v``: None, or the mask of each row's last word; ``start``: None (zeros) or the accumulators'
+    start vectors."""
     from llvmlite import ir
     from numba.core import cgutils
 
@@ -222,7 +236,7 @@ def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers
         return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef,
                                       zero_mask)
 
-    init = [ir.Constant(vec, [0] * 8) for _ in range(count)]
+    init = start if start is not None else [ir.Constant(vec, [0] * 8) for _ in range(count)]
     entry = builder.block
     row_head = builder.append_basic_block("xnor.row")
     loop = builder.append_basic_block("xnor.loop")

@@ -102,7 +102,7 @@ OP_BCONV_TAPS = 18    # sign + pack a kernel row's taps together (narrow layers)
 # Columns of an operation row.
 F_OP, F_IN0, F_IN1, F_OUT, F_PARALLEL = 0, 1, 2, 3, 4
 F_P = 5  # first of the operation's own parameters
-N_FIELDS = 28
+N_FIELDS = 30
 
 # Columns of a value row: arena offset and NHWC shape.
 V_OFS, V_N, V_H, V_W, V_C = 0, 1, 2, 3, 4
@@ -276,9 +276,13 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
 # weight variants then taps inside, the interior columns [lo, hi), bytes of an input row buffer, the
 # offset (in ``pk`` words) of this row's input row buffers, 1 when the producer of the input writes
 # them (else this row packs them), and for the output: the offset of the next tap-packed row's row
-# buffers this row writes (-1: none), that row's bytes per row and the byte of its column 0.
+# buffers this row writes (-1: none), that row's bytes per row and the byte of its column 0; after the
+# skip connection's columns (P_RES_ACT, P_RES_BOUNDS) the offset and size in ``u64`` of the accumulators'
+# padding starts (int64, ``_tap_kernels.padding_starts``). The per-column array at P_TAP_COLUMNS is
+# followed by the per-output-row variants.
 P_TAP_WORDS, P_TAP_COLUMNS, P_TAP_LO, P_TAP_HI, P_TAP_ROWBYTES = 10, 11, 12, 13, 14
 P_TAP_SIGNS, P_TAP_READY, P_TAP_OUT, P_TAP_OUT_ROW, P_TAP_OUT_COL0 = 15, 16, 17, 18, 19
+P_TAP_STARTS, P_TAP_STARTS_SIZE = 22, 23
 
 
 @_jit()
@@ -293,6 +297,8 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
     nw, col, rowbytes = p[P_TAP_WORDS], p[P_TAP_COLUMNS], p[P_TAP_ROWBYTES]
     ow_ = out.shape[2]
     variant, taps = u64[col:col + ow_], u64[col + ow_:col + 2 * ow_]
+    rowvar = u64[col + 2 * ow_:col + 2 * ow_ + out.shape[1]]
+    starts = u64[p[P_TAP_STARTS]:p[P_TAP_STARTS] + p[P_TAP_STARTS_SIZE]].view(np.int64)
     a = pk[p[P_TAP_SIGNS]:p[P_TAP_SIGNS] + n_ * h_ * rowbytes // 8].view(np.uint8)
     signs = a[:0]
     if p[P_TAP_OUT] >= 0:
@@ -305,13 +311,13 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
         if p[P_TAP_READY] == 0:
             tk.pack_signs(xf, n_ * h_, w_, c_, pw, rowbytes, a)
         tk.conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_, c_out, sh, sw, ph, p[P_TAP_LO], p[P_TAP_HI], variant,
-                     taps, epi, out, res, lo, hi, signs, p[P_TAP_OUT_ROW], p[P_TAP_OUT_COL0])
+                     taps, rowvar, starts, epi, out, res, lo, hi, signs, p[P_TAP_OUT_ROW], p[P_TAP_OUT_COL0])
     else:
         if p[P_TAP_READY] == 0:
             tk.pack_signs_serial(xf, n_ * h_, w_, c_, pw, rowbytes, a)
         tk.conv_taps_rows(0, out.shape[0] * out.shape[1], a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_, c_out, sh, sw,
-                          ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, epi, out, res, lo, hi, signs, p[P_TAP_OUT_ROW],
-                          p[P_TAP_OUT_COL0])
+                          ph, p[P_TAP_LO], p[P_TAP_HI], variant, taps, rowvar, starts, epi, out, res, lo, hi, signs,
+                          p[P_TAP_OUT_ROW], p[P_TAP_OUT_COL0])
 
 
 # Parameter columns of a float conv row with the BatchNorm (+ activation) that consumes it fused:

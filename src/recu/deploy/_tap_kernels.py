@@ -68,6 +68,45 @@ def interior_columns(variant: np.ndarray) -> tuple[int, int]:
     return (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
 
 
+def row_variants(h: int, kh: int, sh: int, ph: int, oh: int) -> tuple[np.ndarray, list]:
+    """Per output row: the index of its ``(first kernel row inside, kernel rows inside)`` pair in the
+    distinct pairs (returned second), clipped as :func:`conv_taps_rows` clips them."""
+    pairs: list = []
+    variant = np.zeros(oh, np.int64)
+    for o in range(oh):
+        ih0 = o * sh - ph
+        kh0 = max(0, -ih0)
+        pair = (kh0, max(0, min(kh, h - ih0) - kh0))
+        if pair not in pairs:
+            pairs.append(pair)
+        variant[o] = pairs.index(pair)
+    return variant, pairs
+
+
+def padding_starts(bits: np.ndarray, c_in: int, w: int, sw: int, pw: int, ow: int, row_pairs: list) -> np.ndarray:
+    """Accumulator start values that let an output column read its whole kernel row, taps in the zero
+    padding included, so that edge columns run in the interior's register blocks with its weights.
+
+    A padded tap reads activation bits 0 (-1): it adds its weight's ones to the mismatch count where
+    the true product is 0. Starting the count at ``sum (C_in / 2 - ones)`` over the padded taps of the
+    kernel rows used makes ``valid - 2 * count`` (``valid`` counting every tap) the dot over the taps
+    inside, exactly (C_in is even). int64: ``2 * XNOR_PIXELS * C_out`` zeros (the start of every block
+    without padding), then ``(len(row_pairs), OW, C_out)``.
+    """
+    c_out, kh, kw, _ = bits.shape
+    ones = np.zeros((c_out, kh, kw), np.int64)
+    for c in range(c_in):
+        ones += ((bits[..., 0] >> np.uint64(c)) & np.uint64(1)).astype(np.int64)
+    per_tap = c_in // 2 - ones
+    table = np.zeros((len(row_pairs), ow, c_out), np.int64)
+    for o in range(ow):
+        padded = [t for t in range(kw) if not 0 <= o * sw - pw + t < w]
+        column = per_tap[:, :, padded].sum(axis=2)
+        for v, (k0, rows) in enumerate(row_pairs):
+            table[v, o] = column[:, k0:k0 + rows].sum(axis=1)
+    return np.concatenate([np.zeros(2 * nk.XNOR_PIXELS * c_out, np.int64), table.ravel()])
+
+
 def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
     """Canonical ``(C_out, KH, KW, 1)`` weight words -> ``(V, ceil(C_out / 8), KH, NW, 8)``.
 
@@ -168,7 +207,8 @@ def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-u
 
 
 # The register blocks on the row buffers: bytes addressing, a tail mask per kernel row; the fused forms
-# (16 output channels) also add the skip connection and write the next layer's signs.
+# (16 output channels) also start from given accumulators, add the skip connection and write the next
+# layer's signs.
 xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
 xnor_taps_8x2 = nk._make_xnor_rows(2 * nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
 xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
@@ -180,7 +220,7 @@ _rows_1x1 = nk._make_xnor_rows(1, 1, addressing="bytes")
 
 @_jit()
 def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant,
-                   taps, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
+                   taps, rowvar, starts, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """Output rows ``r0 <= r < r1`` (r = n * OH + oh) of a tap-packed binary conv with its float epilogue
     and, when ``res`` has the output's shape, the residual add and activation ``clamp(out + res, lo, hi)``
     of a skip connection.
@@ -188,12 +228,16 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     a: uint8, the row buffers of :func:`pack_signs` (``rowbytes`` each; the conv reads each output
     column's kernel row in place: ``nw`` unaligned words, the last masked by ``tail``); wb: uint64, the
     blocked variants of :func:`block_tap_weights` (flat); ``[ow_lo, ow_hi)`` the output columns whose
-    kernel row lies inside the input (variant 0); ``variant`` / ``taps`` per output column (uint64 in
-    the plan); ``epi`` the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
+    kernel row lies inside the input (variant 0); ``variant`` / ``taps`` per output column and
+    ``rowvar`` per output row (uint64 in the plan); ``starts`` the int64 table of
+    :func:`padding_starts`; ``epi`` the flat (4, C_out) epilogue table; out float32 ``(N, OH, OW, C_out)``.
 
     When C_out is a multiple of 16 every output value is final in registers, and with a non-empty
     ``signs`` its sign bits also go there, in the next tap-packed layer's row-buffer layout: row r at
-    byte ``r * srow``, column ow at ``scol0 + ow * C_out / 8`` - that layer then packs nothing.
+    byte ``r * srow``, column ow at ``scol0 + ow * C_out / 8`` - that layer then packs nothing. Such
+    layers with at least ``XNOR_PIXELS`` output columns run every column, edges included, in register
+    blocks with the full kernel's weights (``starts`` corrects the padded taps); the others take the
+    edge columns one at a time with their weight variant.
     """
     acc = np.empty(32 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
@@ -209,6 +253,7 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     wvar = ob_ * wblk          # words between weight variants
     astep = sw * (c_in // 8)   # bytes between output columns' first taps
     blk = nk.XNOR_PIXELS
+    all_blocks = fused and ow_ >= blk
     for r in range(r0, r1):
         n = r // oh_
         oh = r - n * oh_
@@ -216,8 +261,29 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
         kh0 = max(0, -ih0)
         rows = max(0, min(kh_, h_ - ih0) - kh0)
         base = (n * h_ + ih0 + kh0) * rowbytes
+        valid = rows * kw_ * c_in
+        srow0 = (2 * blk + np.int64(rowvar[oh]) * ow_) * c_out  # this row's padding starts, column 0
         for ob in range(0, ob_, 2):
             o0 = ob * 8
+            wofs = (ob * kh_ + kh0) * wrow
+            if all_blocks:
+                ow = 0
+                while ow < ow_:
+                    wide = ow + 2 * blk <= ow_
+                    if not wide and ow + blk > ow_:
+                        ow = ow_ - blk  # the last block overlaps the previous one (same values rewritten)
+                    npx = 2 * blk if wide else blk
+                    padded = rows < kh_ or ow < ow_lo or ow + npx > ow_hi
+                    ioff = srow0 + ow * c_out + o0 if padded else 0
+                    args = (a, base + ow * astep, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf,
+                            epi, (r * ow_ + ow) * c_out, o0, c_out, valid, resf, lo, hi, signs,
+                            r * srow + scol0 + (ow * c_out + o0) // 8, c_out // 8, fuse, write, starts, ioff)
+                    if wide:
+                        xnor_taps_8x2(*args)
+                    else:
+                        xnor_taps_4x2(*args)
+                    ow += npx
+                continue
             two = ob + 1 < ob_
             ow = 0
             while ow < ow_:
@@ -225,22 +291,8 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
                 if ow_lo <= ow < ow_hi < ow + blk and ow_hi - ow_lo >= blk:
                     ow = ow_hi - blk
                 abase = base + ow * astep
-                dst = (r * ow_ + ow) * c_out
-                sdst = r * srow + scol0 + (ow * c_out + o0) // 8
-                if fused and ow >= ow_lo and ow + 2 * blk <= ow_hi:
-                    wofs = (ob * kh_ + kh0) * wrow
-                    xnor_taps_8x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf, epi,
-                                  dst, o0, c_out, rows * kw_ * c_in, resf, lo, hi, signs, sdst, c_out // 8, fuse,
-                                  write)
-                    ow += 2 * blk
-                    continue
-                if ow >= ow_lo and ow + blk <= ow_hi:
-                    wofs = (ob * kh_ + kh0) * wrow
-                    valid = rows * kw_ * c_in
-                    if fused:
-                        xnor_taps_4x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf, epi,
-                                      dst, o0, c_out, valid, resf, lo, hi, signs, sdst, c_out // 8, fuse, write)
-                    elif two:
+                if not fused and ow >= ow_lo and ow + blk <= ow_hi:
+                    if two:
                         _rows_4x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc)
                         nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
                         nk._write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
@@ -249,33 +301,35 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
                         nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
                     ow += blk
                     continue
-                wofs = np.int64(variant[ow]) * wvar + (ob * kh_ + kh0) * wrow
-                valid = rows * np.int64(taps[ow]) * c_in
-                live = rows if valid > 0 else 0  # a column whose taps are all padding: dot 0
+                vofs = np.int64(variant[ow]) * wvar + wofs
+                cvalid = rows * np.int64(taps[ow]) * c_in
+                live = rows if cvalid > 0 else 0  # a column whose taps are all padding: dot 0
                 if fused:
-                    xnor_taps_1x2(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc, outf, epi, dst, o0,
-                                  c_out, valid, resf, lo, hi, signs, sdst, 0, fuse, write)
+                    xnor_taps_1x2(a, abase, 0, rowbytes, wb, vofs, wrow, wblk, live, nw, tail, acc, outf, epi,
+                                  (r * ow_ + ow) * c_out, o0, c_out, cvalid, resf, lo, hi, signs,
+                                  r * srow + scol0 + (ow * c_out + o0) // 8, 0, fuse, write, starts, 0)
                     ow += 1
                     continue
                 acc[:16] = 0
                 if two:
-                    _rows_1x2(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc)
+                    _rows_1x2(a, abase, 0, rowbytes, wb, vofs, wrow, wblk, live, nw, tail, acc)
                 else:
-                    _rows_1x1(a, abase, 0, rowbytes, wb, wofs, wrow, wblk, live, nw, tail, acc)
-                nk._write_block(acc, 1, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                    _rows_1x1(a, abase, 0, rowbytes, wb, vofs, wrow, wblk, live, nw, tail, acc)
+                nk._write_block(acc, 1, cvalid, n, oh, ow, o0, c_out, dummy, epi, out, True)
                 if two:
-                    nk._write_block(acc[8:], 1, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
+                    nk._write_block(acc[8:], 1, cvalid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
                 ow += 1
         if fuse and not fused:
             fk._add_act_row(r, out, res, lo, hi, out)
 
 
 @_jit(parallel=True)
-def conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, epi,
-              out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
+def conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, rowvar,
+              starts, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """:func:`conv_taps_rows` of all output rows, in blocks of rows across threads."""
     rows = out.shape[0] * out.shape[1]
     blocks = min(rows, 64)  # (numba.get_num_threads() here would make the plan uncacheable: a ctypes global)
     for b in prange(blocks):
         conv_taps_rows(b * rows // blocks, (b + 1) * rows // blocks, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in,
-                       c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, epi, out, res, lo, hi, signs, srow, scol0)
+                       c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, rowvar, starts, epi, out, res, lo, hi, signs, srow,
+                       scol0)

@@ -426,16 +426,23 @@ class _Builder:
         pk = self.pk
         n, h, w = xshape
         kw, sw, pw, ow = geom
+        kh, sh, ph = params[1], params[3], params[5]
         variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
+        rowvar, row_pairs = tk.row_variants(h, kh, sh, ph, (h + 2 * ph - kh) // sh + 1)
+        starts = tk.padding_starts(bits, c_in, w, sw, pw, ow, row_pairs)
         wb = tk.block_tap_weights(bits, c_in, ranges)
         rowbytes = tk.row_bytes(w, c_in, pw)
         signs = self.sign_words
         self.sign_words += n * h * rowbytes // 8
         params += [self.u64.add(wb), wb.size, tk.tap_words(c_in, kw),
-                   self.u64.add(np.concatenate([variant, taps]).astype(np.uint64)), *tk.interior_columns(variant),
-                   rowbytes, signs, int(self._link_signs(node.inputs[0], signs, rowbytes, pw * c_in // 8)), -1, 0, 0]
+                   self.u64.add(np.concatenate([variant, taps, rowvar]).astype(np.uint64)),
+                   *tk.interior_columns(variant), rowbytes, signs,
+                   int(self._link_signs(node.inputs[0], signs, rowbytes, pw * c_in // 8)), -1, 0, 0]
         self.sign_patches.append((len(self.rows), pk.P_TAP_SIGNS))
         self._binary_row(pk.OP_BCONV_TAPS, node, v, params, work)
+        row = self.rows[-1]  # its padding starts go after the skip connection's columns
+        row[pk.F_P + pk.P_TAP_STARTS] = self.u64.add(starts.view(np.uint64))
+        row[pk.F_P + pk.P_TAP_STARTS_SIZE] = starts.size
 
     def _link_signs(self, value: str, signs: int, rowbytes: int, col0: int) -> bool:
         """Let the row that produces ``value`` write its signs into the row buffers at ``signs`` if it can:
