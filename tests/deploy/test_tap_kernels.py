@@ -30,11 +30,12 @@ def _reference_dots(x: np.ndarray, signs_w: np.ndarray, s: int, p: int) -> np.nd
 
 
 def _weights(rng: np.random.Generator, c_out: int, kh: int, kw: int, c_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random +-1 weights and their canonical (C_out, KH, KW, 1) words (bit c = channel c, 1 = +1)."""
+    """Random +-1 weights and their canonical (C_out, KH, KW, CW) words (channel c = bit c % 64 of word
+    c // 64, 1 = +1)."""
     signs = rng.choice([-1.0, 1.0], size=(c_out, kh, kw, c_in))
-    bits = np.zeros((c_out, kh, kw, 1), np.uint64)
+    bits = np.zeros((c_out, kh, kw, (c_in + 63) // 64), np.uint64)
     for c in range(c_in):
-        bits[..., 0] |= (signs[..., c] > 0).astype(np.uint64) << np.uint64(c)
+        bits[..., c // 64] |= (signs[..., c] > 0).astype(np.uint64) << np.uint64(c % 64)
     return signs, bits
 
 
@@ -78,12 +79,16 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
 # 4+ output columns the edge columns run in register blocks with padding starts: 5x5 kernels with two
 # padding columns and rows, stride 2 with an odd width, 5 and 13 columns (a 4-pixel block and the last
 # block overlapping), 4 columns, padding wider than half the kernel (columns with no tap inside).
+# Wide layers: 2 and 3 words per tap (128, 192 channels), 96 channels (taps across word boundaries),
+# weight variants over several words a tap (C_out 24). Rows of 7, 14 and 21 columns: 7-pixel blocks.
 SHAPES = [(1, 32, 32, 16, 16, 3, 3, 1, 1), (2, 7, 9, 16, 24, 3, 3, 1, 1), (1, 32, 32, 16, 32, 3, 3, 2, 1),
           (1, 16, 16, 32, 32, 3, 3, 1, 1), (1, 5, 6, 32, 8, 3, 3, 2, 1), (1, 9, 9, 16, 40, 5, 5, 1, 2),
           (1, 4, 4, 48, 16, 3, 3, 1, 1), (1, 6, 6, 16, 16, 3, 3, 1, 0), (1, 3, 2, 16, 16, 3, 3, 1, 1),
           (1, 8, 8, 32, 16, 1, 3, 1, 1), (1, 8, 8, 64, 64, 3, 3, 1, 1), (1, 9, 7, 64, 24, 3, 3, 2, 1),
           (2, 9, 11, 16, 32, 5, 5, 1, 2), (1, 9, 11, 32, 16, 3, 3, 2, 1), (1, 5, 5, 16, 16, 3, 3, 1, 1),
-          (1, 6, 13, 64, 16, 3, 3, 1, 1), (1, 4, 4, 16, 48, 3, 3, 1, 1), (1, 3, 3, 16, 16, 3, 3, 1, 3)]
+          (1, 6, 13, 64, 16, 3, 3, 1, 1), (1, 4, 4, 16, 48, 3, 3, 1, 1), (1, 3, 3, 16, 16, 3, 3, 1, 3),
+          (1, 7, 7, 128, 32, 3, 3, 1, 1), (1, 9, 9, 96, 16, 3, 3, 2, 1), (1, 6, 5, 128, 24, 3, 3, 1, 1),
+          (2, 5, 9, 192, 16, 3, 3, 1, 1), (1, 4, 14, 16, 16, 3, 3, 1, 1), (1, 3, 21, 32, 16, 3, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -99,7 +104,7 @@ def test_dot_products_equal_float64_reference(shape: tuple, parallel: bool) -> N
     np.testing.assert_array_equal(got.astype(np.int64), _reference_dots(x, signs, s, p))
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("shape", SHAPES[:4] + SHAPES[18:19])
 def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) -> None:
     """With a random epilogue (alpha, bias, BatchNorm) and a fused residual + hardtanh: the same float32
     bits as the avx512 kernel with one word per tap followed by clamp(out + res)."""
@@ -110,11 +115,12 @@ def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) 
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     _, bits = _weights(rng, c_out, kh, kw, c)
     epi = rng.standard_normal(4 * c_out).astype(np.float32)
-    a = np.zeros((n * h * w, 1), np.uint64)
+    cw = bits.shape[3]
+    a = np.zeros((n * h * w, cw), np.uint64)
     nk.pack_nhwc_serial(x.ravel(), c, a)
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
     ref = np.zeros((n, oh, ow, c_out), np.float32)
-    nk.conv_fast_serial(a.ravel(), nk.block_weights(bits).ravel(), h, w, 1, kh, kw, c, c_out, s, s, p, p,
+    nk.conv_fast_serial(a.ravel(), nk.block_weights(bits).ravel(), h, w, cw, kh, kw, c, c_out, s, s, p, p,
                         np.empty((1, 1, 1, 1), np.int32), epi, ref, True)
     res = rng.standard_normal(ref.shape).astype(np.float32)
     for parallel in (False, True):
@@ -167,7 +173,12 @@ def test_weight_layout_and_variants() -> None:
     assert int(wb[2, 0, 0, 0, 0]) == 0x0001 | 0x8000 << 16
     assert not wb[..., 1:].any()  # output channels past C_out: zero
     assert tk.use_taps(16, 3) and tk.use_taps(32, 3) and tk.use_taps(64, 3) and not tk.use_taps(16, 1)
-    assert not tk.use_taps(8, 3) and not tk.use_taps(128, 3)
+    assert not tk.use_taps(8, 3) and tk.use_taps(128, 3) and tk.use_taps(96, 3)
+    wide = np.zeros((1, 1, 2, 2), np.uint64)  # 96 channels: tap 1's words start at bit 96
+    wide[0, 0, 0] = [1, 1 << 31]
+    wide[0, 0, 1] = [1 << 63, 1]
+    wb = tk.block_tap_weights(wide, 96, [(0, 2)])  # 192 bits: 3 words
+    assert [int(v) for v in wb[0, 0, 0, :, 0]] == [1, 1 << 31, 1 << 31 | 1 << 32]
 
 
 def test_padding_starts_count_the_padded_taps() -> None:

@@ -251,46 +251,74 @@ def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers
     racc = [builder.phi(vec) for _ in range(count)]
     a_px, w_blk = row_pointers(k)
     tail_mask = splat(tail_v) if tail_v is not None else None
-    builder.branch(loop)
+    last_t = builder.sub(n_v, one)
+    if tail_mask is None:
+        builder.branch(loop)
+    else:  # the unmasked words (loop) only if the row has more than one
+        builder.cbranch(builder.icmp_signed(">", last_t, zero), loop, row_end)
 
-    builder.position_at_end(loop)
-    t = builder.phi(i64)
-    accs = [builder.phi(vec) for _ in range(count)]
-    t_next = builder.add(t, one)
-    wvs = [builder.load(builder.gep(w_blk[b], [t]), align=8) for b in range(blocks)]
-    mask = None
-    if tail_mask is not None:  # one select per step, shared by every pixel and block
-        mask = builder.select(builder.icmp_signed("<", t_next, n_v), ir.Constant(vec, [-1] * 8), tail_mask)
-    new_accs = [None] * count
-    for p in range(pixels):
-        xs = splat(builder.load(builder.gep(a_px[p], [t]), align=a_align))
-        for b in range(blocks):
-            q = b * pixels + p
-            diff = builder.xor(wvs[b], xs)
-            if mask is not None:
-                diff = builder.and_(diff, mask)
-            new_accs[q] = builder.add(accs[q], builder.call(ctpop, [diff]))
-    builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
-    t.add_incoming(zero, row_head)
-    t.add_incoming(t_next, loop)
-    for q in range(count):
-        accs[q].add_incoming(racc[q], row_head)
-        accs[q].add_incoming(new_accs[q], loop)
+    def step(t, accs, mask):  # type: ignore[no-untyped-def]
+        # word t of every pixel's kernel row against word t of each block's weights
+        wvs = [builder.load(builder.gep(w_blk[b], [t]), align=8) for b in range(blocks)]
+        new_accs = [None] * count
+        for p in range(pixels):
+            xs = splat(builder.load(builder.gep(a_px[p], [t]), align=a_align))
+            for b in range(blocks):
+                q = b * pixels + p
+                diff = builder.xor(wvs[b], xs)
+                if mask is not None:
+                    diff = builder.and_(diff, mask)
+                new_accs[q] = builder.add(accs[q], builder.call(ctpop, [diff]))
+        return new_accs
 
-    builder.position_at_end(row_end)
+    if tail_mask is None:
+        builder.position_at_end(loop)
+        t = builder.phi(i64)
+        accs = [builder.phi(vec) for _ in range(count)]
+        t_next = builder.add(t, one)
+        row_accs = step(t, accs, None)
+        builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
+        t.add_incoming(zero, row_head)
+        t.add_incoming(t_next, loop)
+        for q in range(count):
+            accs[q].add_incoming(racc[q], row_head)
+            accs[q].add_incoming(row_accs[q], loop)
+        builder.position_at_end(row_end)
+    else:
+        # Only a row's last word carries the next column's bits: the words before it run unmasked,
+        # the last one (peeled) masked.
+        builder.position_at_end(loop)
+        t = builder.phi(i64)
+        accs = [builder.phi(vec) for _ in range(count)]
+        t_next = builder.add(t, one)
+        body_accs = step(t, accs, None)
+        body_end = builder.block
+        builder.cbranch(builder.icmp_signed("<", t_next, last_t), loop, row_end)
+        t.add_incoming(zero, row_head)
+        t.add_incoming(t_next, body_end)
+        for q in range(count):
+            accs[q].add_incoming(racc[q], row_head)
+            accs[q].add_incoming(body_accs[q], body_end)
+        builder.position_at_end(row_end)
+        last_accs = [builder.phi(vec) for _ in range(count)]
+        for q in range(count):
+            last_accs[q].add_incoming(racc[q], row_head)
+            last_accs[q].add_incoming(body_accs[q], body_end)
+        row_accs = step(last_t, last_accs, tail_mask)
+    row_last = builder.block
     k_next = builder.add(k, one)
     builder.cbranch(builder.icmp_signed("<", k_next, rows_v), row_head, done)
     k.add_incoming(zero, entry)
-    k.add_incoming(k_next, row_end)
+    k.add_incoming(k_next, row_last)
     for q in range(count):
         racc[q].add_incoming(init[q], entry)
-        racc[q].add_incoming(new_accs[q], row_end)
+        racc[q].add_incoming(row_accs[q], row_last)
 
     builder.position_at_end(done)
     results = [builder.phi(vec) for _ in range(count)]  # LLVM wants all phis first
     for q in range(count):
         results[q].add_incoming(init[q], entry)
-        results[q].add_incoming(new_accs[q], row_end)
+        results[q].add_incoming(row_accs[q], row_last)
     return results
 
 

@@ -1,11 +1,13 @@
-"""Binary convolutions of narrow layers with a kernel row's taps packed into shared words. Internal.
+"""Binary convolutions on packed kernel rows: a kernel row's taps packed into shared words. Internal.
 
 The XNOR-popcount kernels of :mod:`._numba_kernels` give every (pixel, tap) its own 64-bit words,
 so a 16-channel layer uses 16 bits of each word: a 3x3 kernel costs 9 words per output pixel where
 its 144 bits fit in 3. Here the signs of one kernel row (``KW`` taps x ``C`` channels, contiguous in
 NHWC) are packed together, ``NW = ceil(KW * C / 64)`` words per output column: 1 instead of 3 for
-16 channels, 2 instead of 3 for 32. The convolution is then a ``KH x 1`` one over those words and
-runs on the register-blocked vector loops of ``_numba_kernels._make_xnor_rows`` (byte addressing, fused epilogue).
+16 channels, 2 instead of 3 for 32, and for a multiple of 64 channels the same words as one per tap
+(wide layers take this path for its row buffers, register epilogue and edge blocks). The
+convolution is then a ``KH x 1`` one over those words and runs on the register-blocked vector loops
+of ``_numba_kernels._make_xnor_rows`` (byte addressing, fused epilogue).
 
 Packing, per input row: the signs of its pixels into a row buffer with zero padding on both sides
 (one ``<16 x float>`` compare per 16 channels, ``C / 8`` bytes a pixel). The conv reads each output
@@ -14,10 +16,12 @@ the kernel row masked off. A tap-packed layer with a multiple of 16 output chann
 row buffers for the next tap-packed layer itself, from the final values in its registers (after the
 skip connection), so that layer packs nothing.
 
-Zero padding stays exact: a tap in the padding has zero activation bits, and the output columns
-whose kernel row reaches into the padding use a copy of the weights with those taps zeroed too
-(one weight *variant* per padding pattern), so the padded taps add no mismatches; the valid count
-is ``rows * taps_inside * C``, as in the other kernels.
+Zero padding stays exact: a tap in the padding has zero activation bits. Layers with a multiple of
+16 output channels and at least ``XNOR_PIXELS`` output columns read every column's whole kernel row
+and start the accumulators of blocks with padded taps at the correction of :func:`padding_starts`;
+in the others the output columns whose kernel row reaches into the padding use a copy of the
+weights with those taps zeroed too (one weight *variant* per padding pattern), so the padded taps add
+no mismatches, and the valid count is ``rows * taps_inside * C``, as in the other kernels.
 
 Importing this module compiles nothing and needs no torch.
 """
@@ -39,10 +43,18 @@ def tap_words(c_in: int, kw: int) -> int:
 
 
 def use_taps(c_in: int, kw: int) -> bool:
-    """Whether this module's kernels apply: 16-bit channel units, one word per tap at most
-    (``c_in <= 64``) and a kernel row of several taps. Below 64 channels tap packing saves words;
-    at 64 the row buffers still save the pack pass (written by the producer) and the skip's pass."""
-    return c_in % 16 == 0 and c_in <= 64 and kw > 1
+    """Whether this module's kernels apply: 16-bit channel units and a kernel row of several taps.
+    Below 64 channels packing the taps saves words; from 64 on the row buffers still save the pack
+    pass (written by the producer) and the skip connection's pass, and the padding starts let the
+    edge columns run in register blocks."""
+    return c_in % 16 == 0 and kw > 1
+
+
+@_jit()
+def all_blocks(c_out, ow):  # type: ignore[no-untyped-def]
+    """Whether :func:`conv_taps_rows` runs every output column in register blocks with the padding
+    starts (else the edge columns one at a time with their weight variants)."""
+    return c_out % 16 == 0 and ow >= nk.XNOR_PIXELS
 
 
 def column_variants(w: int, kw: int, sw: int, pw: int, ow: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -94,9 +106,7 @@ def padding_starts(bits: np.ndarray, c_in: int, w: int, sw: int, pw: int, ow: in
     without padding), then ``(len(row_pairs), OW, C_out)``.
     """
     c_out, kh, kw, _ = bits.shape
-    ones = np.zeros((c_out, kh, kw), np.int64)
-    for c in range(c_in):
-        ones += ((bits[..., 0] >> np.uint64(c)) & np.uint64(1)).astype(np.int64)
+    ones = np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=-1).sum(axis=-1, dtype=np.int64)
     per_tap = c_in // 2 - ones
     table = np.zeros((len(row_pairs), ow, c_out), np.int64)
     for o in range(ow):
@@ -108,15 +118,15 @@ def padding_starts(bits: np.ndarray, c_in: int, w: int, sw: int, pw: int, ow: in
 
 
 def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
-    """Canonical ``(C_out, KH, KW, 1)`` weight words -> ``(V, ceil(C_out / 8), KH, NW, 8)``.
+    """Canonical ``(C_out, KH, KW, CW)`` weight words -> ``(V, ceil(C_out / 8), KH, NW, 8)``.
 
-    Kernel row ``(o, kh)`` as one bit string, tap ``t``'s channels at bits ``t * c_in ...``, cut into
-    ``NW`` words; variant ``v`` keeps only the taps of ``ranges[v]``. Output channels past C_out are
-    zero weights whose results are never written.
+    Kernel row ``(o, kh)`` as one bit string, tap ``t``'s channels at bits ``t * c_in ...`` (its word
+    ``j`` at ``t * c_in + 64 j``), cut into ``NW`` words; variant ``v`` keeps only the taps of
+    ``ranges[v]``. Output channels past C_out are zero weights whose results are never written.
     """
     c_out, kh, kw, cw = bits.shape
-    if cw != 1 or c_in > 64:
-        raise ValueError("tap packing needs one word per tap (C_in <= 64)")
+    if cw != (c_in + 63) // 64:
+        raise ValueError(f"{cw} words per tap for {c_in} input channels")
     nw = tap_words(c_in, kw)
     ob = (c_out + 7) // 8
     out = np.zeros((len(ranges), ob * 8, kh, nw), np.uint64)
@@ -125,7 +135,8 @@ def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
             for k in range(kh):
                 row = 0
                 for t in range(t0, t1):
-                    row |= int(bits[o, k, t, 0]) << (t * c_in)
+                    for j in range(cw):
+                        row |= int(bits[o, k, t, j]) << (t * c_in + 64 * j)
                 for j in range(nw):
                     out[v, o, k, j] = (row >> (64 * j)) & 0xFFFFFFFFFFFFFFFF
     return np.ascontiguousarray(out.reshape(len(ranges), ob, 8, kh, nw).transpose(0, 1, 3, 4, 2))
@@ -211,6 +222,7 @@ def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-u
 # layer's signs.
 xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
 xnor_taps_8x2 = nk._make_xnor_rows(2 * nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
+xnor_taps_7x2 = nk._make_xnor_rows(7, 2, addressing="bytes", fused=True)  # widths 7, 14, 28, 56 without overlap
 xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
 _rows_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes")
 _rows_4x1 = nk._make_xnor_rows(nk.XNOR_PIXELS, 1, addressing="bytes")
@@ -236,8 +248,9 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     ``signs`` its sign bits also go there, in the next tap-packed layer's row-buffer layout: row r at
     byte ``r * srow``, column ow at ``scol0 + ow * C_out / 8`` - that layer then packs nothing. Such
     layers with at least ``XNOR_PIXELS`` output columns run every column, edges included, in register
-    blocks with the full kernel's weights (``starts`` corrects the padded taps); the others take the
-    edge columns one at a time with their weight variant.
+    blocks with the full kernel's weights (``starts`` corrects the padded taps): 8 pixels, or 7 where
+    they tile the row (ResNet-18's 56, 28, 14, 7), then 4, the last block overlapping its neighbour;
+    the others take the edge columns one at a time with their weight variant.
     """
     acc = np.empty(32 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
@@ -253,7 +266,9 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     wvar = ob_ * wblk          # words between weight variants
     astep = sw * (c_in // 8)   # bytes between output columns' first taps
     blk = nk.XNOR_PIXELS
-    all_blocks = fused and ow_ >= blk
+    blocked = all_blocks(c_out, ow_)
+    sevens = ow_ % (2 * blk) != 0 and ow_ % 7 == 0  # 7-pixel blocks tile the row exactly
+    big = 7 if sevens else 2 * blk
     for r in range(r0, r1):
         n = r // oh_
         oh = r - n * oh_
@@ -266,19 +281,21 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
         for ob in range(0, ob_, 2):
             o0 = ob * 8
             wofs = (ob * kh_ + kh0) * wrow
-            if all_blocks:
+            if blocked:
                 ow = 0
                 while ow < ow_:
-                    wide = ow + 2 * blk <= ow_
+                    wide = ow + big <= ow_
                     if not wide and ow + blk > ow_:
                         ow = ow_ - blk  # the last block overlaps the previous one (same values rewritten)
-                    npx = 2 * blk if wide else blk
+                    npx = big if wide else blk
                     padded = rows < kh_ or ow < ow_lo or ow + npx > ow_hi
                     ioff = srow0 + ow * c_out + o0 if padded else 0
                     args = (a, base + ow * astep, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc, outf,
                             epi, (r * ow_ + ow) * c_out, o0, c_out, valid, resf, lo, hi, signs,
                             r * srow + scol0 + (ow * c_out + o0) // 8, c_out // 8, fuse, write, starts, ioff)
-                    if wide:
+                    if wide and sevens:
+                        xnor_taps_7x2(*args)
+                    elif wide:
                         xnor_taps_8x2(*args)
                     else:
                         xnor_taps_4x2(*args)

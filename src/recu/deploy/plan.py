@@ -60,13 +60,14 @@ def packs_taps(kind: str, c_in: int, kw: int) -> bool:
 
 def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
     """The path of one binary conv in a plan: :func:`~recu.deploy.kernels.layer_kernel`, except that an
-    ``auto`` choice of ``amx`` takes the tap-packed ``avx512`` path for the layers it packs (up to 64
-    input channels): in a plan that path writes the next layer's signs from its register epilogue,
+    ``auto`` choice of ``amx`` takes the tap-packed ``avx512`` path for the layers it packs with up to 64
+    input channels: in a plan that path writes the next layer's signs from its register epilogue,
     and at 64 channels it measured as fast as AMX on ResNet-18's 56x56 layers and faster on ResNet-20's
-    8x8 ones (the per-layer engine, without tap packing, keeps AMX there)."""
+    8x8 ones (the per-layer engine, without tap packing, keeps AMX there). Wider layers keep AMX."""
     kind = layer_kernel(impl, c_in)
     choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
-    if kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and packs_taps("avx512", c_in, kw):
+    if (kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and c_in <= 64
+            and packs_taps("avx512", c_in, kw)):
         return "avx512"
     return kind
 
@@ -428,6 +429,8 @@ class _Builder:
         kw, sw, pw, ow = geom
         kh, sh, ph = params[1], params[3], params[5]
         variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
+        if tk.all_blocks(params[0], ow):
+            ranges = ranges[:1]  # every column reads the full kernel's weights: no variants
         rowvar, row_pairs = tk.row_variants(h, kh, sh, ph, (h + 2 * ph - kh) // sh + 1)
         starts = tk.padding_starts(bits, c_in, w, sw, pw, ow, row_pairs)
         wb = tk.block_tap_weights(bits, c_in, ranges)
