@@ -340,9 +340,9 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
                             affine(fused) + fused_bns, impl)
 
 
-def test_auto_runs_packable_64_channel_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a plan, ``auto`` on an AMX CPU keeps AMX from 64 input channels on, except for the layers the
-    tap-packed avx512 path takes (up to 64 channels, kernel width > 1); an explicit choice is kept."""
+def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a plan, ``auto`` on an AMX CPU keeps AMX from 64 input channels on only for the layers the
+    kernel-row packed avx512 path does not take (kernel width 1); an explicit choice is kept."""
     from recu.deploy import kernels as K
     from recu.deploy import plan as P
 
@@ -355,8 +355,8 @@ def test_auto_runs_packable_64_channel_layers_on_the_tap_path(monkeypatch: pytes
     assert P.plan_layer_kernel(None, 64, 3) == "avx512"
     assert P.plan_layer_kernel("auto", 16, 3) == "avx512"
     assert P.plan_layer_kernel(None, 64, 1) == "amx"  # a 1x1 conv has no kernel row to pack
-    assert P.plan_layer_kernel(None, 128, 3) == "amx"
-    assert P.plan_layer_kernel("amx", 64, 3) == "amx"
+    assert P.plan_layer_kernel(None, 128, 3) == "avx512" and P.plan_layer_kernel(None, 512, 3) == "avx512"
+    assert P.plan_layer_kernel("amx", 64, 3) == "amx" and P.plan_layer_kernel("amx", 128, 3) == "amx"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert P.plan_layer_kernel(None, 64, 3) == "amx"
 

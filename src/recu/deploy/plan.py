@@ -60,14 +60,14 @@ def packs_taps(kind: str, c_in: int, kw: int) -> bool:
 
 def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
     """The path of one binary conv in a plan: :func:`~recu.deploy.kernels.layer_kernel`, except that an
-    ``auto`` choice of ``amx`` takes the tap-packed ``avx512`` path for the layers it packs with up to 64
-    input channels: in a plan that path writes the next layer's signs from its register epilogue,
-    and at 64 channels it measured as fast as AMX on ResNet-18's 56x56 layers and faster on ResNet-20's
-    8x8 ones (the per-layer engine, without tap packing, keeps AMX there). Wider layers keep AMX."""
+    ``auto`` choice of ``amx`` takes the kernel-row packed ``avx512`` path for every layer it packs
+    (``C % 16 == 0``, kernel width > 1): in a plan that path writes the next layer's signs from its
+    register epilogue, fuses the skip connection and runs the edge columns in register blocks, and
+    whole ResNet-18 plans measured as fast as with AMX on their best calls and faster on the median
+    (1 and 2 threads, 2026-12-01); an explicit ``amx`` is kept, and so is AMX in the per-layer engine."""
     kind = layer_kernel(impl, c_in)
     choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
-    if (kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and c_in <= 64
-            and packs_taps("avx512", c_in, kw)):
+    if kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and packs_taps("avx512", c_in, kw):
         return "avx512"
     return kind
 
