@@ -341,9 +341,8 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a plan, ``auto`` on an AMX CPU runs the layers the kernel-row packed avx512 path takes on it: up
-    to 64 input channels on one thread, all of them on several (kernel width > 1); AMX keeps the others;
-    an explicit choice is kept."""
+    """In a plan, ``auto`` on an AMX CPU keeps AMX from 64 input channels on only for the layers the
+    kernel-row packed avx512 path does not take (kernel width 1); an explicit choice is kept."""
     from recu.deploy import kernels as K
     from recu.deploy import plan as P
 
@@ -356,11 +355,8 @@ def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPat
     assert P.plan_layer_kernel(None, 64, 3) == "avx512"
     assert P.plan_layer_kernel("auto", 16, 3) == "avx512"
     assert P.plan_layer_kernel(None, 64, 1) == "amx"  # a 1x1 conv has no kernel row to pack
-    assert P.plan_layer_kernel(None, 128, 3) == "amx" and P.plan_layer_kernel(None, 128, 3, threads=1) == "amx"
-    assert P.plan_layer_kernel(None, 128, 3, threads=2) == "avx512"
-    assert P.plan_layer_kernel(None, 512, 3, threads=4) == "avx512"
-    assert P.plan_layer_kernel(None, 128, 1, threads=2) == "amx"
-    assert P.plan_layer_kernel("amx", 64, 3) == "amx" and P.plan_layer_kernel("amx", 128, 3, threads=2) == "amx"
+    assert P.plan_layer_kernel(None, 128, 3) == "avx512" and P.plan_layer_kernel(None, 512, 3) == "avx512"
+    assert P.plan_layer_kernel("amx", 64, 3) == "amx" and P.plan_layer_kernel("amx", 128, 3) == "amx"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert P.plan_layer_kernel(None, 64, 3) == "amx"
 

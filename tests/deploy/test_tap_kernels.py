@@ -255,9 +255,5 @@ def test_bench_names_the_tap_packed_layers(tmp_path: Path, monkeypatch: pytest.M
             m.setattr(module, name, lambda: True)
         m.delenv(K.ENV_VAR, raising=False)
         assert kernel_summary(load(path)) == "avx512 (18 layers, 18 tap-packed)"
-        wide = tmp_path / "r18.recu"  # 128-512 channels: AMX on one thread, packed on two
-        export(models.create("resnet18_1w1a_imagenet").eval(), wide)
-        assert kernel_summary(load(wide), threads=1) == "amx (11 layers), avx512 (5 layers, 5 tap-packed)"
-        assert kernel_summary(load(wide, num_threads=2)) == "avx512 (16 layers, 16 tap-packed)"
     monkeypatch.setenv("RECU_DEPLOY_TAPS", "0")
     assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers)"

@@ -465,47 +465,37 @@ def engine_of(model: Any) -> str:
     return "layers" if isinstance(model, PackedModel) else "plan"
 
 
-def _plan_threads(model: Any, threads: Optional[int]) -> int:
-    """The threads a compiled model runs on: ``threads``, else its own setting, else numba's default."""
-    if threads or getattr(model, "num_threads", None):
-        return int(threads or model.num_threads)
-    import numba
-
-    return int(numba.config.NUMBA_NUM_THREADS)
-
-
-def binary_layer_paths(model: Any, threads: Optional[int] = None) -> dict[str, str]:
+def binary_layer_paths(model: Any) -> dict[str, str]:
     """The kernel path (``amx``, ``avx512``, ``avx2``, ``portable``, ``numpy``) of each binary layer,
-    by layer name, as the model runs it on ``threads`` threads (default: its own setting; the
-    per-layer ``auto`` choice included)."""
+    by layer name, as the model runs it (the per-layer ``auto`` choice included)."""
     if isinstance(model, PackedModel):
         return {n: layer_kernel(m.impl, m.in_channels) for n, m in model.packed_layers()}
     from .plan import _pair, plan_layer_kernel
 
-    impl, n = getattr(model, "impl", None), _plan_threads(model, threads)
-    return {layer["name"]: plan_layer_kernel(impl, int(layer["in_channels"]), _pair(layer["kernel_size"])[1], n)
+    impl = getattr(model, "impl", None)
+    return {layer["name"]: plan_layer_kernel(impl, int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
             for layer in model.metadata.get("binary_layers", [])}
 
 
-def tap_packed_layers(model: Any, threads: Optional[int] = None) -> int:
+def tap_packed_layers(model: Any) -> int:
     """How many of a compiled plan's avx512 binary conv layers pack a kernel row's taps together
     (:mod:`recu.deploy._tap_kernels`; 0 for the per-layer engine, which does not)."""
     if isinstance(model, PackedModel) or not hasattr(model, "metadata"):
         return 0
     from .plan import _pair, packs_taps
 
-    paths = binary_layer_paths(model, threads)
+    paths = binary_layer_paths(model)
     return sum(packs_taps(paths[layer["name"]], int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
                for layer in model.metadata.get("binary_layers", []))
 
 
-def kernel_summary(model: Any, threads: Optional[int] = None) -> str:
-    """The kernel paths of the model's binary layers on ``threads`` threads, e.g. ``amx (12 layers),
-    avx512 (6 layers)`` (``avx512 (13 layers, 13 tap-packed)`` where the plan packs kernel rows)."""
-    counts = Counter(binary_layer_paths(model, threads).values())
+def kernel_summary(model: Any) -> str:
+    """The kernel paths of the model's binary layers, e.g. ``amx (12 layers), avx512 (6 layers)``
+    (``avx512 (13 layers, 13 tap-packed)`` where the plan packs narrow layers' taps)."""
+    counts = Counter(binary_layer_paths(model).values())
     if not counts:
         return "no binary layers"
-    taps = tap_packed_layers(model, threads)
+    taps = tap_packed_layers(model)
 
     def one(kind: str, n: int) -> str:
         extra = f", {taps} tap-packed" if kind == "avx512" and taps else ""
@@ -642,8 +632,8 @@ def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: t
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     engine = engine_of(model)
-    res = BenchResult(threads, tuple(input_shape), engine=engine, kernel=kernel_summary(model, threads),
-                      cpu=cpu_info(), paths=binary_layer_paths(model, threads))
+    res = BenchResult(threads, tuple(input_shape), engine=engine, kernel=kernel_summary(model), cpu=cpu_info(),
+                      paths=binary_layer_paths(model))
     try:
         for m in {id(model): model, id(layers): layers}.values():
             if m is not None:

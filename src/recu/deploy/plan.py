@@ -58,20 +58,16 @@ def packs_taps(kind: str, c_in: int, kw: int) -> bool:
     return kind == "avx512" and use_taps(c_in, kw) and taps_enabled()
 
 
-def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int, threads: int = 1) -> str:
-    """The path of one binary conv in a plan run on ``threads`` threads: :func:`~recu.deploy.kernels.layer_kernel`,
-    except that an ``auto`` choice of ``amx`` takes the kernel-row packed ``avx512`` path (it writes
-    the next layer's signs from its register epilogue, fuses the skip connection and runs the edge
-    columns in register blocks) for the layers it packs (``C % 16 == 0``, kernel width > 1): on one
-    thread those up to 64 input channels (at 64 it measured as fast as AMX on ResNet-18's 56x56 layers,
-    faster on ResNet-20's 8x8 ones), on several threads all of them (whole ResNet-18 plans, 2 threads:
-    2.81 ms median against 3.38 with AMX from 128 channels and 3.17 with AMX from 64; on one thread
-    4.78 / 4.52 / 4.63 - here AMX rows took about twice as long on two threads as on one, the packed
-    rows 1.4x less). An explicit ``amx`` is kept, and so is AMX in the per-layer engine."""
+def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
+    """The path of one binary conv in a plan: :func:`~recu.deploy.kernels.layer_kernel`, except that an
+    ``auto`` choice of ``amx`` takes the kernel-row packed ``avx512`` path for every layer it packs
+    (``C % 16 == 0``, kernel width > 1): in a plan that path writes the next layer's signs from its
+    register epilogue, fuses the skip connection and runs the edge columns in register blocks, and
+    whole ResNet-18 plans measured as fast as with AMX on their best calls and faster on the median
+    (1 and 2 threads, 2026-12-01); an explicit ``amx`` is kept, and so is AMX in the per-layer engine."""
     kind = layer_kernel(impl, c_in)
     choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
-    if (kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and (c_in <= 64 or threads > 1)
-            and packs_taps("avx512", c_in, kw)):
+    if kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and packs_taps("avx512", c_in, kw):
         return "avx512"
     return kind
 
@@ -401,7 +397,7 @@ class _Builder:
                                                                                        "bn_shift")))
         if node.residual is not None and self.shape(node.residual) != (n, oh, ow, c_out):
             raise PlanError(f"node {node.name}: adds {self.shape(node.residual)} to {(n, oh, ow, c_out)}")
-        kind = plan_layer_kernel(self.impl, c_in, kw, self.threads)
+        kind = plan_layer_kernel(self.impl, c_in, kw)
         cw = bits.shape[3]
         work = n * oh * ow * bits.size // 8
         params = [c_out, kh, kw, sh, sw, ph, pw, self.fp.add(epi)]
