@@ -97,7 +97,7 @@ OP_GLOBAL_AVG_POOL = 14
 OP_PAD_CHANNELS = 15
 OP_FLATTEN = 16
 OP_LINEAR = 17
-OP_BCONV_TAPS = 18    # sign + pack a kernel row's taps together (narrow layers), XNOR-popcount (512-bit)
+OP_BCONV_TAPS = 18    # packed kernel rows (_tap_kernels): any C % 16 == 0 on the avx512 path, XNOR-popcount (512-bit)
 
 # Columns of an operation row.
 F_OP, F_IN0, F_IN1, F_OUT, F_PARALLEL = 0, 1, 2, 3, 4

@@ -222,7 +222,7 @@ def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-u
 # layer's signs.
 xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
 xnor_taps_8x2 = nk._make_xnor_rows(2 * nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
-xnor_taps_7x2 = nk._make_xnor_rows(7, 2, addressing="bytes", fused=True)  # widths 7, 14, 28, 56 without overlap
+xnor_taps_7x2 = nk._make_xnor_rows(7, 2, addressing="bytes", fused=True)  # rows of 7, 14, 28 columns
 xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
 _rows_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes")
 _rows_4x1 = nk._make_xnor_rows(nk.XNOR_PIXELS, 1, addressing="bytes")

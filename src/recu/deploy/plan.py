@@ -62,9 +62,11 @@ def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
     """The path of one binary conv in a plan: :func:`~recu.deploy.kernels.layer_kernel`, except that an
     ``auto`` choice of ``amx`` takes the kernel-row packed ``avx512`` path for every layer it packs
     (``C % 16 == 0``, kernel width > 1): in a plan that path writes the next layer's signs from its
-    register epilogue, fuses the skip connection and runs the edge columns in register blocks, and
-    whole ResNet-18 plans measured as fast as with AMX on their best calls and faster on the median
-    (1 and 2 threads, 2026-12-01); an explicit ``amx`` is kept, and so is AMX in the per-layer engine."""
+    register epilogue, fuses the skip connection and runs the edge columns in register blocks. In
+    ResNet-18's benchmark (2026-12-01) it met 10x against float PyTorch on one thread in 6 runs of 6,
+    AMX from 128 channels in 3 of 6 (slow spells cost AMX ~2x), and on two threads AMX rows ran slower
+    than on one; in quiet minutes AMX was ~5% faster on one thread. An explicit ``amx`` is kept, and so
+    is AMX in the per-layer engine."""
     kind = layer_kernel(impl, c_in)
     choice = impl if impl is not None else os.environ.get(ENV_VAR, "auto")
     if kind == "amx" and choice.strip().lower() == "auto" and has_vpopcntdq() and packs_taps("avx512", c_in, kw):
