@@ -271,39 +271,26 @@ def _emit_xnor_nest(builder, pixels: int, blocks: int, rows_v, n_v, row_pointers
                 new_accs[q] = builder.add(accs[q], builder.call(ctpop, [diff]))
         return new_accs
 
-    if tail_mask is None:
-        builder.position_at_end(loop)
-        t = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(count)]
-        t_next = builder.add(t, one)
-        row_accs = step(t, accs, None)
-        builder.cbranch(builder.icmp_signed("<", t_next, n_v), loop, row_end)
-        t.add_incoming(zero, row_head)
-        t.add_incoming(t_next, loop)
-        for q in range(count):
-            accs[q].add_incoming(racc[q], row_head)
-            accs[q].add_incoming(row_accs[q], loop)
-        builder.position_at_end(row_end)
-    else:
-        # Only a row's last word carries the next column's bits: the words before it run unmasked,
-        # the last one (peeled) masked.
-        builder.position_at_end(loop)
-        t = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(count)]
-        t_next = builder.add(t, one)
-        body_accs = step(t, accs, None)
-        body_end = builder.block
-        builder.cbranch(builder.icmp_signed("<", t_next, last_t), loop, row_end)
-        t.add_incoming(zero, row_head)
-        t.add_incoming(t_next, body_end)
-        for q in range(count):
-            accs[q].add_incoming(racc[q], row_head)
-            accs[q].add_incoming(body_accs[q], body_end)
-        builder.position_at_end(row_end)
+    # Only a row's last word carries the next column's bits: with a tail mask the loop runs the words
+    # before it unmasked and the last one (peeled) masked.
+    builder.position_at_end(loop)
+    t = builder.phi(i64)
+    accs = [builder.phi(vec) for _ in range(count)]
+    t_next = builder.add(t, one)
+    body_accs = step(t, accs, None)
+    builder.cbranch(builder.icmp_signed("<", t_next, n_v if tail_mask is None else last_t), loop, row_end)
+    t.add_incoming(zero, row_head)
+    t.add_incoming(t_next, loop)
+    for q in range(count):
+        accs[q].add_incoming(racc[q], row_head)
+        accs[q].add_incoming(body_accs[q], loop)
+    builder.position_at_end(row_end)
+    row_accs = body_accs
+    if tail_mask is not None:  # row_end is reached from the loop or, for a one-word row, from row_head
         last_accs = [builder.phi(vec) for _ in range(count)]
         for q in range(count):
             last_accs[q].add_incoming(racc[q], row_head)
-            last_accs[q].add_incoming(body_accs[q], body_end)
+            last_accs[q].add_incoming(body_accs[q], loop)
         row_accs = step(last_t, last_accs, tail_mask)
     row_last = builder.block
     k_next = builder.add(k, one)

@@ -408,7 +408,7 @@ class _Builder:
             self._amx(weights, (n, h, w, c), (kh, kw, sh, sw, ph, pw), params, work, node, v)
             return
         if packs_taps(kind, c_in, kw):
-            self._taps(bits, c_in, (n, h, w), (kw, sw, pw, ow), params, work, node, v)
+            self._taps(bits, c_in, (n, h, w), (kw, sw, pw, oh, ow), params, work, node, v)
             return
         self.pk_words = max(self.pk_words, n * h * w * cw)
         if kind == "avx512":
@@ -428,12 +428,12 @@ class _Builder:
 
         pk = self.pk
         n, h, w = xshape
-        kw, sw, pw, ow = geom
+        kw, sw, pw, oh, ow = geom
         kh, sh, ph = params[1], params[3], params[5]
         variant, taps, ranges = tk.column_variants(w, kw, sw, pw, ow)
         if tk.all_blocks(params[0], ow):
             ranges = ranges[:1]  # every column reads the full kernel's weights: no variants
-        rowvar, row_pairs = tk.row_variants(h, kh, sh, ph, (h + 2 * ph - kh) // sh + 1)
+        rowvar, row_pairs = tk.row_variants(h, kh, sh, ph, oh)
         starts = tk.padding_starts(bits, c_in, w, sw, pw, ow, row_pairs)
         wb = tk.block_tap_weights(bits, c_in, ranges)
         rowbytes = tk.row_bytes(w, c_in, pw)
