@@ -141,9 +141,11 @@ def test_the_detector_catches_what_the_engine_used_to_do() -> None:
 def test_training_steps_never_wait_for_the_device(teacher: bool, channels_last: bool) -> None:
     t = _meta_trainer(teacher, channels_last)
     with SyncDetector() as d:
-        sums, seen = t._run_steps(epoch=1)  # three steps, tau set before each
+        steps = t._run_steps(epoch=1)  # three steps, tau set before each
     assert d.events == []
-    assert seen == 3 * 16 and sums.device.type == "meta" and sums.shape == (2,)
+    assert steps.seen == 3 * 16 and steps.sums.device.type == "meta" and steps.sums.shape == (2,)
+    # each step's loss stays on the device for the epoch's one finiteness read
+    assert steps.losses.device.type == "meta" and steps.losses.shape == (3,) and steps.count == 3
     assert t.tau.last_epoch == pytest.approx(1 + 2 / 3)  # the per-step schedule ran
 
 

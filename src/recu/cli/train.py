@@ -8,7 +8,10 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config",
-                       description="Train a model. Launch with torchrun for several GPUs or machines.")
+                       description="Train a model. Launch with torchrun for several GPUs or machines. A "
+                                   "non-finite loss, gradient or weight ends the run with exit status 1 and "
+                                   "last.pt/best.pt at the last finite epoch (--resume continues from it); "
+                                   "--set on_nonfinite=skip skips such steps instead.")
     p.add_argument("--config", "-c", help="YAML config (see configs/); the defaults are the CIFAR-10 ResNet-20 recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set epochs=10 --set binary.clamp=mask (repeatable)")

@@ -18,6 +18,7 @@ _CHOICES = {
     "lighting": ("uint8", "float", "none"),
     "tau_schedule": ("exponential", "linear", "cosine", "constant"),
     "amp": ("off", "bfloat16", "float16"),
+    "on_nonfinite": ("stop", "skip"),
 }
 
 
@@ -82,6 +83,14 @@ class TrainConfig:
     # runs in float32. YAML's false/off read as "off".
     amp: str = "off"
     sync_bn: bool = False
+    # a non-finite training step (its loss or gradients; with amp float16, whose GradScaler skips
+    # non-finite gradients itself, uncounted, its loss or BatchNorm statistics) or weights: "stop" ends
+    # the run with recu.train.TrainingDiverged naming the epoch and step (exit status 1 from recu
+    # train) and saves nothing of that epoch, so last.pt and best.pt keep the last finite one (read
+    # once per epoch: no host read per step). "skip" drops each such step (weights, optimizer state and
+    # BatchNorm statistics stay as they were; one host read per step), counts them in the epoch
+    # record's skipped_steps, and stops as "stop" does when a whole epoch was skipped.
+    on_nonfinite: str = "stop"
     monitor: bool = True
     eval_every: int = 1
     progress: Optional[bool] = None

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "cleanup",
-           "file_seen_by_all"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_min", "barrier",
+           "cleanup", "file_seen_by_all"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ def init_distributed(device: torch.device) -> DistInfo:
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_min(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
     return values
 
 

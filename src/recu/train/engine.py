@@ -21,6 +21,8 @@ from .checkpoint import load_checkpoint, load_model_state, rng_state, save_check
 from .config import TrainConfig
 from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup, file_seen_by_all, init_distributed,
                           resolve_device)
+from .divergence import (EpochSteps, TrainingDiverged, first_nonfinite_step, grads_are_finite, max_abs_is_finite,
+                         state_is_finite)
 from .log import MetricsLog, Progress, read_metrics
 
 # the wall clock of the time limit (a module attribute so that tests can drive it)
@@ -29,7 +31,8 @@ _clock = time.monotonic
 # TrainConfig.amp -> the autocast dtype of the training step
 _AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"off": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["train", "Trainer", "lr_factor", "param_groups", "evaluate", "build_model", "model_from_checkpoint"]
+__all__ = ["train", "Trainer", "TrainingDiverged", "lr_factor", "param_groups", "evaluate", "build_model",
+           "model_from_checkpoint"]
 
 
 LR_SCHEDULES = ("cosine", "cosine_after_warmup", "constant")
@@ -329,49 +332,101 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch and return its record; raise :class:`TrainingDiverged` before anything is saved
+        when it left a non-finite loss or state (or, with ``on_nonfinite: skip``, skipped every step)."""
         start = time.perf_counter()
-        sums, seen = self._run_steps(epoch)
-        totals = torch.cat([sums, sums.new_full((1,), float(seen))])
-        # the first host read of the epoch: it waits for the device, so the time below is the real one
-        loss_sum, correct, n = all_reduce_sum(totals, self.dist).tolist()
+        steps = self._run_steps(epoch)
+        finite = torch.stack([steps.finite(), state_is_finite(self.model, self.optimizer, self.device)])
+        totals = torch.cat([steps.sums, steps.sums.new_full((1,), float(steps.seen)), (~finite).double()])
+        # the first host read of the epoch: it waits for the device, so the time below is the real one;
+        # the flags are summed over the processes, so every one of them takes the same decision
+        loss_sum, correct, n, bad_step, bad_state = all_reduce_sum(totals, self.dist).tolist()
         elapsed = time.perf_counter() - start
-        return {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
-                "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
+        if bad_step or bad_state or steps.all_skipped:
+            raise self._diverged(epoch, steps, bool(bad_step))
+        record = {"train_loss": loss_sum / max(n, 1), "train_top1": 100.0 * correct / max(n, 1),
+                  "epoch_time_s": elapsed, "images_per_s": n / max(elapsed, 1e-9)}
+        if self.cfg.on_nonfinite == "skip":
+            record["skipped_steps"] = steps.skipped
+        return record
 
-    def _run_steps(self, epoch: int) -> tuple[Tensor, int]:
-        """Every step of ``epoch``: (summed loss, correct) on the device and the samples seen (host count).
+    def _diverged(self, epoch: int, steps: EpochSteps, bad_step: bool) -> TrainingDiverged:
+        """The exception for a diverged epoch, with the step to blame and what the checkpoints hold."""
+        where = f"at epoch {epoch + 1}"
+        step: Optional[int] = None
+        if bad_step:
+            index, loss = first_nonfinite_step(steps, self.dist)
+            step = index + 1
+            cause = f"{self._update_name()} though the loss is {loss:.4g}" if math.isfinite(loss) else f"loss is {loss}"
+            what = f"{where}, step {step}/{steps.count}: {cause}"
+        elif steps.all_skipped:
+            what = f"{where}: the loss or gradients of all its {steps.count} steps were not finite, all skipped"
+        else:  # every step finite, so its update (an overflow) or a buffer made the state non-finite
+            step = steps.count
+            what = f"{where}, step {step}/{steps.count}: the weights or optimizer state are not finite after it"
+        lr = self.optimizer.param_groups[0]["lr"]
+        # a fresh run's first epoch has no checkpoint; any later epoch follows one written at its start
+        kept = epoch if epoch > 0 else None
+        if kept is None:
+            advice = "no epoch finished with finite weights, so no checkpoint was written; lower lr and start again"
+        else:
+            advice = (f"{self.run_dir / 'last.pt'} holds epoch {kept}, the last finite state; "
+                      f"lower lr and continue with --resume")
+        if self.cfg.on_nonfinite == "stop":
+            advice += ", or --set on_nonfinite=skip"
+        return TrainingDiverged(f"training diverged {what} (lr {lr:.4g}); {advice}", epoch + 1, step, kept)
+
+    def _run_steps(self, epoch: int) -> EpochSteps:
+        """Every step of ``epoch``: (summed loss, correct), each step's loss and update finiteness on the
+        device, the samples seen and the steps skipped (host counts).
 
         Nothing here waits for the device (no ``.item()``, no tensor made from a Python number),
         so a GPU runs ahead of the host for the whole epoch; GradScaler's finite check with
-        ``amp: float16`` is the one exception.
+        ``amp: float16`` and ``on_nonfinite: skip``'s (one read per step) are the exceptions.
         """
         cfg, loader = self.cfg, self.data.train
         loader.set_epoch(epoch)
         self.net.train()
         steps = len(loader)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        seen = 0
+        # per step: the epoch's one read finds a non-finite step, and which, without a read per step
+        losses = torch.zeros(steps, dtype=torch.float32, device=self.device)
+        update_finite = torch.ones(steps, dtype=torch.bool, device=self.device)
+        seen = count = skipped = 0
         progress = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}",
                             cfg.progress if self.dist.is_main else False, unit_scale=cfg.batch_size)
         for step, (x, y) in enumerate(loader):
             if self.tau is not None and cfg.tau_per_step:
                 self.tau.apply(self.model, epoch, step, steps)
-            self._train_step(x, y, sums)
-            seen += y.numel()
+            taken = self._train_step(x, y, sums)
+            count += 1
+            if taken is None:
+                skipped += 1
+            else:
+                losses[step], update_finite[step] = taken
+                seen += y.numel()
             progress.update(y.numel() * self.dist.world_size)
         progress.close()
-        return sums, seen
+        return EpochSteps(sums, seen, losses, update_finite, count, skipped)
 
     def _autocast(self) -> ContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _train_step(self, x: Tensor, y: Tensor, sums: Tensor) -> None:
-        """One optimiser step on the batch (x, y); adds its (summed loss, correct) to ``sums`` in place."""
+    def _train_step(self, x: Tensor, y: Tensor, sums: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """One optimiser step on the batch (x, y); adds its (summed loss, correct) to ``sums`` in place.
+
+        Returns (loss, whether the update was finite: :meth:`_update_is_finite`) on the device, or None
+        when ``on_nonfinite: skip`` skipped the step: one of them was not finite, and the weights,
+        optimizer state and buffers stay as they were.
+        """
         cfg = self.cfg
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        skip_mode = cfg.on_nonfinite == "skip"
+        # the forward pass updates BatchNorm's running statistics: a skipped step puts them back
+        buffers = [b.clone() for b in self.model.buffers()] if skip_mode else None
         with self._autocast():
             logits = self.net(x)
             if self.teacher is not None:
@@ -383,13 +438,44 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        update_ok = self._update_is_finite()
+        if buffers is not None and not self._finite_everywhere(loss, update_ok):
+            self._undo_step(buffers)
+            return None
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         with torch.no_grad():
             sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(dim=1) == y).sum().double()])
+        return loss.detach(), update_ok
+
+    def _update_is_finite(self) -> Tensor:
+        """A device bool: the gradients are finite. With float16's GradScaler, which skips non-finite
+        gradients itself (its scaled ones overflow by design while it looks for the scale), the
+        buffers are checked instead: a non-finite forward pass leaves nan BatchNorm statistics."""
+        if self.scaler is not None:
+            return max_abs_is_finite(list(self.model.buffers()), self.device)
+        return grads_are_finite(self.optimizer, self.device)
+
+    def _update_name(self) -> str:
+        """What :meth:`_update_is_finite` found not finite, for the message."""
+        return "gradients are not finite" if self.scaler is None else "buffers (BatchNorm statistics) are not finite"
+
+    def _finite_everywhere(self, loss: Tensor, update_ok: Tensor) -> bool:
+        """Are the loss and the update finite on every process? One host read (``on_nonfinite: skip``)."""
+        bad = (~(torch.isfinite(loss.detach()) & update_ok)).double().reshape(1)
+        # summed over the processes: one whose loss alone is not finite makes them all skip
+        return bool(all_reduce_sum(bad, self.dist).item() == 0)
+
+    @torch.no_grad()
+    def _undo_step(self, buffers: list[Tensor]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for b, saved in zip(self.model.buffers(), buffers):
+            b.copy_(saved)
 
     def _out_of_time(self, job_start: float, epoch_start: float) -> bool:
         """Would one more epoch, as long as the one just finished (with its evaluation and checkpoint),
@@ -469,6 +555,8 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     parts.append(f"train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%")
     if "test_top1" in r:
         parts.append(f"test top1 {r['test_top1']:.2f}% top5 {r['test_top5']:.2f}%")
+    if r.get("skipped_steps"):
+        parts.append(f"skipped {r['skipped_steps']} non-finite step{'s' if r['skipped_steps'] > 1 else ''}")
     parts.append(f"{r['images_per_s']:.0f} img/s, {r['epoch_time_s']:.1f}s")
     return " | ".join(parts)
 
@@ -483,5 +571,10 @@ def train(cfg: TrainConfig, callbacks: Optional[Sequence[Any]] = None, resume: b
     job after epoch N; ``time_limit`` (seconds of wall clock from the call) ends it after the last
     epoch that fits, as estimated from the epoch before (a time-sliced job on a cluster). Either way
     the checkpoint of the last epoch is written and ``resume=True`` continues the run exactly.
+
+    Raises:
+        TrainingDiverged: a training loss or the weights stopped being finite (``cfg.on_nonfinite``
+            ``stop``), or every step of an epoch was skipped (``skip``). That epoch is not saved:
+            ``last.pt`` and ``best.pt`` hold the last finite epoch, and ``resume=True`` continues from it.
     """
     return Trainer(cfg, callbacks, resume, stop_after, time_limit).fit()
