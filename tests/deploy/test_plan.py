@@ -13,7 +13,7 @@ from recu import models
 from recu.deploy import export, load
 from recu.deploy.kernels import has_amx, has_avx2, has_vpopcntdq, numba_available
 
-from ._helpers import randomize
+from ._helpers import assert_same_logits, fixed_order_logits, randomize
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="the compiled plan needs numba")
 
@@ -37,24 +37,18 @@ def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b| relative to the row's largest logit."""
-    return float(np.max(np.abs(a - b) / np.abs(b).max(axis=1, keepdims=True)))
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name,size,batch", NETS)
 def test_plan_matches_pytorch(tmp_path: Path, name: str, size: int, batch: int, impl: str) -> None:
+    """Against the PyTorch model with its float convs in the plan's order: the same signs on every CPU."""
     model, path = _exported(tmp_path, name, size)
     x = _images(batch, size)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+    ref = fixed_order_logits(model, x)
     plan = load(path, impl=impl, num_threads=1)
     assert type(plan).__name__ == "CompiledModel"
     out = plan(x)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ref.shape
-    assert _close(out, ref) <= 1e-5
-    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert_same_logits(out, ref)
 
 
 @pytest.mark.parametrize("name,size,batch", NETS[:2] + NETS[3:4])
@@ -125,10 +119,7 @@ def test_every_registry_model_runs_as_a_plan(tmp_path: Path, name: str) -> None:
     if meta["graph"] is None:
         pytest.skip(f"{name}: {meta['graph_unsupported']}")
     x = np.random.default_rng(5).standard_normal((2, *_input_shape(name))).astype(np.float32)
-    with torch.no_grad():
-        want = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
-    got = load(path, num_threads=1)(x)
-    assert _close(got, want) <= 1e-5 and (got.argmax(1) == want.argmax(1)).all()
+    assert_same_logits(load(path, num_threads=1)(x), fixed_order_logits(model, x))
 
 
 def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,8 +355,6 @@ def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPat
 def test_flatten_of_a_pooled_value_is_the_same_value(tmp_path: Path) -> None:
     """A flatten of an (N, 1, 1, C) NHWC value (after global pooling) is no row: the next op reads the
     pooled value itself, and the logits are the PyTorch model's."""
-    import torch
-
     from recu.deploy import _plan_kernels as pk
     from recu.deploy import plan as P
     from recu.deploy.fileio import read_metadata, read_tensors
@@ -378,6 +367,4 @@ def test_flatten_of_a_pooled_value_is_the_same_value(tmp_path: Path) -> None:
     pooled = plan.ops[ops.index(pk.OP_GLOBAL_AVG_POOL), pk.F_OUT]
     assert plan.ops[ops.index(pk.OP_GLOBAL_AVG_POOL) + 1, pk.F_IN0] == pooled  # the BatchNorm1d reads it
     x = _images(2, 32, seed=10)
-    with torch.no_grad():
-        want = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(load(path, num_threads=1)(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert_same_logits(load(path, num_threads=1)(x), fixed_order_logits(model, x))

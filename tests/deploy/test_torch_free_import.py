@@ -39,7 +39,7 @@ def test_runtime_imports_no_torch() -> None:
         import json, sys
         import recu, recu.deploy
         light = {m: m in sys.modules for m in ("torch", "numba", "safetensors")}
-        import recu.deploy.kernels, recu.deploy.pack, recu.deploy.loader, recu.deploy.fileio
+        import recu.deploy.kernels, recu.deploy.pack, recu.deploy.loader, recu.deploy.fileio, recu.deploy.validate, recu.deploy.fma_numpy
         print(json.dumps({"light": light, "torch": "torch" in sys.modules}))
     """)
     assert out == {"light": {"torch": False, "numba": False, "safetensors": False}, "torch": False}
@@ -74,6 +74,11 @@ def test_files_read_and_errors_without_torch(tiny_file: Path) -> None:
                 errors[what] = None
             except ModuleNotFoundError as e:
                 errors[what] = [str(e), e.name]
+        bad = {{**tensors, "binary.features.0.bits": tensors["binary.features.0.bits"].astype(np.float64)}}
+        try:
+            recu.deploy.validate.check_file(meta, bad, "bad.recu")
+        except recu.deploy.DeployFileError as e:
+            errors["check_file"] = str(e)
         print(json.dumps({{"layers": [l["name"] for l in meta["binary_layers"]],
                           "bits": {{k: [str(v.dtype), list(v.shape)] for k, v in tensors.items() if k.endswith(".bits")}},
                           "errors": errors, "torch": "torch" in sys.modules and sys.modules["torch"] is not None}}))
@@ -89,6 +94,7 @@ def test_files_read_and_errors_without_torch(tiny_file: Path) -> None:
     assert errors["import recu.functional"][0].startswith(f"recu.functional {hint}")
     assert errors["recu.deploy.export"][0].startswith(f"recu.deploy.export {hint}")
     assert errors["load layers"][0] == f"{tiny_file}: engine='layers' {hint}"
+    assert errors.pop("check_file").startswith("bad.recu: tensor 'binary.features.0.bits': dtype float64")
     assert all(name == "torch" for _, name in errors.values())  # still recognisable as a missing torch
     assert out["torch"] is False
 
@@ -128,6 +134,7 @@ def test_lazy_names_are_the_submodules_objects() -> None:
     import recu.deploy.kernels
     import recu.deploy.loader
     import recu.deploy.runtime
+    import recu.deploy.validate
     import recu.nn
     import recu.schedule
     import recu.summary
@@ -141,6 +148,7 @@ def test_lazy_names_are_the_submodules_objects() -> None:
     assert recu.functional.sign is sys.modules["recu.functional"].sign
     deploy_homes = {"export": sys.modules["recu.deploy.export"], "load": recu.deploy.loader,
                     "read_metadata": recu.deploy.fileio, "read_tensors": recu.deploy.fileio,
+                    "DeployFileError": recu.deploy.validate,
                     "PackedModel": recu.deploy.runtime, "binary_conv2d": recu.deploy.kernels}
     for name, home in deploy_homes.items():
         assert getattr(recu.deploy, name) is getattr(home, name), name

@@ -7,6 +7,7 @@
 - :mod:`recu.deploy.loader`: :func:`load` that file for inference (torch-free entry point; the
   PyTorch per-layer model :class:`PackedModel` lives in :mod:`recu.deploy.runtime`).
 - :mod:`recu.deploy.fileio`: :func:`read_metadata` and :func:`read_tensors` of a file (torch-free).
+- :mod:`recu.deploy.validate`: the checks every loader runs on a file first; :class:`DeployFileError`.
 - :mod:`recu.deploy.onnx_export`: :func:`export_onnx` the network as a standard-operator ONNX model.
 
 Importing this package imports neither PyTorch, numba nor safetensors and compiles nothing: every
@@ -44,6 +45,7 @@ __all__ = [
     "load",
     "read_metadata",
     "read_tensors",
+    "DeployFileError",
     "PackedConv2d",
     "PackedLinear",
     "PackedModel",
@@ -60,6 +62,7 @@ _NAMES = {
     "export": ".export",
     "load": ".loader",
     **dict.fromkeys(("read_metadata", "read_tensors"), ".fileio"),
+    "DeployFileError": ".validate",
     **dict.fromkeys(("PackedConv2d", "PackedLinear", "PackedModel"), ".runtime"),
     **dict.fromkeys(("PackedConvWeights", "binary_conv2d", "binary_conv2d_float", "binary_conv2d_numpy",
                      "resolve_kernel"), ".kernels"),

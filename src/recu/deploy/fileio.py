@@ -13,6 +13,8 @@ from typing import Union
 
 import numpy as np
 
+from .validate import DeployFileError
+
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "read_metadata", "read_tensors"]
 
 FORMAT_NAME = "recu-deploy"
@@ -20,14 +22,19 @@ FORMAT_VERSION = 1
 METADATA_KEY = "recu_deploy"
 
 
-def _not_safetensors(path: Union[str, os.PathLike], error: Exception) -> ValueError:
+def _not_safetensors(path: Union[str, os.PathLike], error: Exception) -> DeployFileError:
     """The one-line error for a file that safetensors cannot parse."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return ValueError(f"{path} is not a recu deployment file (not safetensors): {type(error).__name__}: {first}")
+    return DeployFileError(f"{path} is not a recu deployment file (not safetensors): {type(error).__name__}: {first}")
 
 
 def read_metadata(path: Union[str, os.PathLike]) -> dict:
-    """The JSON metadata of a deployment file, validated (format name and version)."""
+    """The JSON metadata of a deployment file, its format name and version checked (the rest is checked
+    with the tensors by :func:`recu.deploy.validate.check_file`, which the loaders call).
+
+    Raises:
+        DeployFileError: (a ValueError) not a deployment file, or another format or version.
+    """
     from safetensors import safe_open
 
     try:
@@ -38,17 +45,18 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a foreign file
         raise _not_safetensors(path, e) from None
     if raw is None:
-        raise ValueError(f"{path} is not a recu deployment file (no {METADATA_KEY!r} metadata)")
+        raise DeployFileError(f"{path} is not a recu deployment file (no {METADATA_KEY!r} metadata)")
     try:
         meta = json.loads(raw)
-    except ValueError as e:
-        raise ValueError(f"{path} is not a recu deployment file (its {METADATA_KEY!r} metadata is not JSON: {e})") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
+        raise DeployFileError(f"{path} is not a recu deployment file (its {METADATA_KEY!r} metadata is not JSON: "
+                              f"{e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: format {found!r} is not {FORMAT_NAME!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {meta.get('version')} is not supported (this recu reads "
-                         f"version {FORMAT_VERSION})")
+        raise DeployFileError(f"{path}: format {found!r} is not {FORMAT_NAME!r}")
+    if meta.get("version") != FORMAT_VERSION or isinstance(meta.get("version"), bool):
+        raise DeployFileError(f"{path}: format version {meta.get('version')!r} is not supported (this recu "
+                              f"reads version {FORMAT_VERSION})")
     return meta
 
 

@@ -8,8 +8,9 @@ steps the plan's kernels are specified with:
 - ``binary_conv2d`` / ``binary_linear``: the exact integer XNOR-popcount dot products of the packed
   signs (:func:`recu.deploy.kernels.binary_conv2d_numpy`), then the layer's float32 epilogue
   (:func:`recu.deploy.kernels.epilogue_numpy`: alpha, bias, folded BatchNorm).
-- ``conv2d``: one float32 fma chain per output over (kernel row, column, input channel), as PyTorch (oneDNN) and the plan sum; ``linear``: products summed in float64, rounded once to float32; both then ``+ bias`` in float32.
-- ``batch_norm``: ``fma(x, scale, shift)``, emulated as float64 ``x * scale + shift`` rounded to float32.
+- ``conv2d``: one float32 fma chain per output over (kernel row, column, input channel), the plan's order
+  (:mod:`recu.deploy.fma_numpy`, bit for bit on every CPU; PyTorch's oneDNN sums so on some CPUs and shapes); ``linear``: products summed in float64, rounded once to float32; both then ``+ bias`` in float32.
+- ``batch_norm``: ``fma(x, scale, shift)``, rounded once (:func:`recu.deploy.fma_numpy.fma32`).
 - ``avg_pool2d``: PyTorch's order, the taps summed row by row in float32 from 0, then divided by the count;
   ``global_avg_pool``: float64 sum divided by H*W, rounded once. ``max_pool2d``: padding acts as -inf.
 - ``add``, ``channel_bias``, ``hardtanh``, ``relu``, ``prelu``: elementwise in float32.
@@ -24,12 +25,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .fma_numpy import conv2d_fma_chain, fma32
 from .kernels import PackedConvWeights, binary_conv2d_numpy, epilogue_numpy, epilogue_table
 from .pack import pack_signs_numpy, unpackbits_bytes
+from .validate import GRAPH_VERSION, DeployFileError, check_graph
 
-__all__ = ["GRAPH_VERSION", "run_graph"]
-
-GRAPH_VERSION = 1  # the graph IR version this module runs (recu.deploy.graph.GRAPH_VERSION)
+__all__ = ["GRAPH_VERSION", "run_graph", "run_checked_graph"]
 
 _EPILOGUE = ("alpha", "bias", "bn_scale", "bn_shift")
 
@@ -127,18 +128,10 @@ def _conv2d(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
     _need_rank(node, x, 4)
     _need_channels(node, x, w.shape[1])
     (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], node["attrs"]["stride"], node["attrs"]["padding"]
-    n, h, wd, _ = x.shape
-    oh, ow = _out_size(node, h, kh, sh, ph), _out_size(node, wd, kw, sw, pw)
-    xp = _padded(x, ph, pw, 0.0, np.float64)
-    wt = w.astype(np.float64).transpose(2, 3, 1, 0)  # (KH, KW, C, O)
-    # One float32 fma chain per output over (kernel row, column, input channel), as PyTorch's oneDNN
-    # convolution and the compiled plan sum; the fma emulated in float64 (the product is exact).
-    acc = np.zeros((n, oh, ow, w.shape[0]), dtype=np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            taps = _taps(xp, i, j, oh, ow, sh, sw)
-            for c in range(wt.shape[2]):
-                acc = (taps[..., c:c + 1] * wt[i, j, c] + acc).astype(np.float32)
+    _out_size(node, x.shape[1], kh, sh, ph)  # an input smaller than the kernel: the node's own error
+    _out_size(node, x.shape[2], kw, sw, pw)
+    # one float32 fma chain per output over (kernel row, column, input channel), the plan's order
+    acc = conv2d_fma_chain(x, w, (sh, sw), (ph, pw))
     return acc + bias if bias is not None else acc
 
 
@@ -154,8 +147,7 @@ def _linear(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
 def _batch_norm(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
     scale, shift = ctx.tensor(node, "scale"), ctx.tensor(node, "shift")
     _need_channels(node, x, scale.shape[0])
-    # fma(x, a, b): the float64 product of two float32 values is exact; one rounding there, one to float32.
-    return (x.astype(np.float64) * scale.astype(np.float64) + shift.astype(np.float64)).astype(np.float32)
+    return fma32(x, scale, shift)  # fma(x, a, b), rounded once: PyTorch's CPU eval BatchNorm and the plan's
 
 
 def _hardtanh(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
@@ -262,51 +254,44 @@ _OPS: dict[str, Callable[..., np.ndarray]] = {
     "flatten": _flatten,
     "linear": _linear,
 }
-_ARITY = {op: 2 if op == "add" else 1 for op in _OPS}
 
 
-def _check_graph(meta: Mapping) -> dict:
-    """``meta["graph"]`` after checking its version, ops, arities and that inputs precede their users."""
+def _graph_of(meta: Mapping, source: str = "deployment file") -> dict:
+    """``meta["graph"]``, or the error saying why the file has none."""
     graph = meta.get("graph")
     if graph is None:
         why = meta.get("graph_unsupported") or "it was written by a recu without graph export"
-        raise ValueError(f"the file has no graph: {why}")
-    if graph.get("version") != GRAPH_VERSION:
-        raise ValueError(f"graph version {graph.get('version')!r} is not supported (this recu runs {GRAPH_VERSION})")
-    known = {graph["input"]["name"]}
-    for node in graph["nodes"]:
-        op, name = node.get("op"), node.get("name")
-        if op not in _OPS:
-            raise ValueError(f"graph node {name!r} has unknown op {op!r} (a newer recu wrote this file?)")
-        if len(node["inputs"]) != _ARITY[op]:
-            raise ValueError(f"graph node {name!r} ({op}) has {len(node['inputs'])} inputs, expected {_ARITY[op]}")
-        unknown = [i for i in node["inputs"] if i not in known]
-        if unknown:
-            raise ValueError(f"graph node {name!r} reads {unknown[0]!r} before any node computes it")
-        if name in known:
-            raise ValueError(f"graph node name {name!r} is used twice")
-        known.add(name)
-    if graph["output"] not in known:
-        raise ValueError(f"graph output {graph['output']!r} is no node of the graph")
+        raise DeployFileError(f"{source}: the file has no graph: {why}".replace("\n", " "))
     return graph
 
 
-def run_graph(meta: Mapping, tensors: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+def run_graph(meta: Mapping, tensors: Mapping[str, np.ndarray], x: np.ndarray, *,
+              source: str = "deployment file") -> np.ndarray:
     """The network's output (the logits) for the float input ``x``, computed from the graph in NumPy.
 
     Args:
         meta: the file's metadata (``recu.deploy.read_metadata``), with ``graph`` and ``binary_layers``.
         tensors: the file's tensors as NumPy arrays (``safetensors.numpy.load_file``).
         x: float input, NCHW ``(N, C, H, W)`` (or ``(N, C)`` for a network that starts with a linear layer).
+        source: what the errors call the file (its path).
 
     Returns:
         float32, the output in PyTorch's layout ((N, classes) for a classifier).
 
     Raises:
-        ValueError: the file has no graph (the message says why), a newer or malformed graph, or an
-            input whose shape the network cannot take.
+        DeployFileError: (a ValueError) the file has no graph (the message says why), or the graph or a
+            tensor it reads fails its checks (:func:`recu.deploy.validate.check_graph`, run on every
+            call; :func:`run_checked_graph` runs a checked file without them).
+        ValueError: an input whose shape the network cannot take.
     """
-    graph = _check_graph(meta)
+    _graph_of(meta, source)  # no graph: say why, before checking one
+    check_graph(meta, tensors, source)
+    return run_checked_graph(meta, tensors, x)
+
+
+def run_checked_graph(meta: Mapping, tensors: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """:func:`run_graph` on a file that passed its checks (a loaded model's, once at load): no checks."""
+    graph = _graph_of(meta)
     x = np.asarray(x)
     if x.ndim not in (2, 4) or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"input must be a numeric (N, C, H, W) or (N, C) array, got shape {x.shape}, dtype {x.dtype}")

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
+from .fma_numpy import fma32
 from .pack import num_words
 
 if TYPE_CHECKING:  # torch only where a function takes a tensor: the runtime imports without it
@@ -340,12 +341,11 @@ def epilogue_table(out_channels: int, scale: Optional[np.ndarray] = None, bias: 
 def epilogue_numpy(dot: np.ndarray, epi: np.ndarray) -> np.ndarray:
     """NumPy version of the kernels' float32 epilogue ``fma(float32(dot) * alpha + bias, a, b)``.
 
-    NumPy has no fused multiply-add; it is emulated in float64 (the product is exact there), which
-    can differ from a true float32 fma by one ulp in rare double-rounding cases.
+    NumPy has no fused multiply-add; :func:`recu.deploy.fma_numpy.fma32` rounds it once, as the kernels.
     """
     alpha, bias, a, b = epi.reshape(4, -1)
     t = (dot.astype(np.float32) * alpha).astype(np.float32) + bias
-    return (t.astype(np.float64) * a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+    return fma32(t, a, b)
 
 
 def _output_geometry(n: int, h: int, w: int, weights: PackedConvWeights, stride: IntPair,

@@ -78,7 +78,9 @@ def load(path: Union[str, os.PathLike], model: Optional["nn.Module"] = None, *, 
             given, else ``layers``).
 
     Raises:
-        ValueError: not a deployment file, an unknown engine, or ``plan`` with ``model``/``fuse_float``.
+        DeployFileError: (a ValueError) not a deployment file, or one that fails the checks both engines
+            run before anything else (:func:`recu.deploy.validate.check_file`, ``docs/file-format.md``).
+        ValueError: an unknown engine, or ``plan`` with ``model``/``fuse_float``.
         ModuleNotFoundError: the ``layers`` engine is needed and PyTorch is not installed.
     """
     meta = read_metadata(path)

@@ -36,6 +36,7 @@ from .kernels import (
     target_has_avx512f,
 )
 from .pack import unpackbits_bytes
+from .validate import DeployFileError, check_file
 
 __all__ = ["CompiledModel", "load_plan", "PlanError"]
 
@@ -74,8 +75,9 @@ def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
     return kind
 
 
-class PlanError(ValueError):
-    """The file's graph cannot be planned (an operation or shape the compiled runtime does not run)."""
+class PlanError(DeployFileError):
+    """The file's graph cannot be planned (an operation or shape the compiled runtime does not run, or
+    an input shape the graph cannot take); a :class:`~recu.deploy.validate.DeployFileError`."""
 
 
 def _round_up(v: int, m: int) -> int:
@@ -135,6 +137,24 @@ def _pair(v: Any) -> tuple[int, int]:
 
 def _pool_size(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
+
+
+def _out_size(node: "_Node", size: int, k: int, s: int, p: int) -> int:
+    """:func:`_pool_size`, refusing an input too small for the window (a value of no pixels would be
+    a buffer of negative size)."""
+    out = _pool_size(size, k, s, p)
+    if out < 1:
+        raise PlanError(f"node {node.name}: a size-{size} input is smaller than its {k}-wide window")
+    return out
+
+
+def _vector(node: "_Node", role: str, v: np.ndarray, channels: int, one: bool = False) -> np.ndarray:
+    """A per-channel parameter after checking its length against the input's channels: the kernels
+    read ``channels`` values from its offset in the parameter array (``one``: a single value may be
+    broadcast). The file's checks cannot do this where a flatten of an unknown image size precedes."""
+    if v.size != channels and not (one and v.size == 1):
+        raise PlanError(f"node {node.name} ({node.op}): {v.size} {role} values for an input of {channels} channels")
+    return v
 
 
 @dataclass
@@ -395,6 +415,8 @@ class _Builder:
         name = layer["name"]
         bits = unpackbits_bytes(np.asarray(self.tensors[f"binary.{name}.bits"]), c_in)
         weights = PackedConvWeights(bits, c_in)
+        if weights.kernel_size != (kh, kw) or weights.out_channels != c_out:  # the kernels index bits so
+            raise PlanError(f"node {node.name}: bits {bits.shape} do not fit {c_out} outputs of a {kh}x{kw} kernel")
         epi = epilogue_table(c_out, *(self.tensors[f"binary.{name}.{k}"] for k in ("alpha", "bias", "bn_scale",
                                                                                        "bn_shift")))
         if node.residual is not None and self.shape(node.residual) != (n, oh, ow, c_out):
@@ -508,19 +530,22 @@ class _Builder:
             ph, pw = _pair(node.attrs.get("padding", 0))
             pw -= int(node.attrs.get("input_padded", 0))  # columns its input already has
             bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
-            oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
+            _vector(node, "bias", bias, o)
+            oh, ow = _out_size(node, h, kh, sh, ph), _out_size(node, w, kw, sw, pw)
             ins = node.inputs
             if node.pool is None:
                 v = self._value(node.name, (n, oh, ow, o))
             else:  # the conv's output is the row's own scratch (F_IN1), the pooled value its output
                 ins = [node.inputs[0], self._scratch(node.name + "/conv", (n, oh, ow, o))]
                 pool_params = self._pool_params(node.pool)
-                pooled = (_pool_size(oh, *pool_params[0::2]), _pool_size(ow, *pool_params[1::2]))  # kh sh ph, kw sw pw
+                pooled = (_out_size(node, oh, *pool_params[0::2]),  # kh sh ph
+                          _out_size(node, ow, *pool_params[1::2]))  # kw sw pw
                 v = self._value(node.name, (n, *pooled, o))
             params = act + [kh, kw, self.fp.add(weight.transpose(2, 3, 1, 0)), self.fp.add(bias), sh, sw, ph, pw]
             assert len(params) == pk.P_CONV_BN
             if node.bn is not None:
-                params += [1, self.fp.add(self._tensor(node.bn, "scale")), self.fp.add(self._tensor(node.bn, "shift"))]
+                scale, shift = (_vector(node.bn, k, self._tensor(node.bn, k), o) for k in ("scale", "shift"))
+                params += [1, self.fp.add(scale), self.fp.add(shift)]
             else:
                 params += [0, 0, 0]
             params.append(int(target_has_avx512f()))
@@ -529,7 +554,8 @@ class _Builder:
             self._row(pk.OP_CONV, ins, v, params, n * oh * ow * o * c * kh * kw // 8)
         elif op == "batch_norm":
             v = self._value(node.name, (n, h, w, c))
-            params = act + [self.fp.add(self._tensor(node, "scale")), self.fp.add(self._tensor(node, "shift"))]
+            scale, shift = (_vector(node, k, self._tensor(node, k), c) for k in ("scale", "shift"))
+            params = act + [self.fp.add(scale), self.fp.add(shift)]
             self._row(pk.OP_AFFINE_ACT, node.inputs, v, params, size)
         elif op == "add":
             if self.shape(node.inputs[1]) != (n, h, w, c):
@@ -539,17 +565,18 @@ class _Builder:
         elif op == "channel_bias":
             v = self._value(node.name, (n, h, w, c))
             bias = self._tensor(node, "bias").reshape(-1)  # stored as the module's (1, C, 1, 1)
+            _vector(node, "bias", bias, c)
             self._row(pk.OP_BIAS_ACT, node.inputs, v, act + [self.fp.add(bias)], size)
         elif op in _FUSABLE_ACTS:
             v = self._value(node.name, (n, h, w, c))
             self._row(pk.OP_ACT, node.inputs, v, act, size)
         elif op == "prelu":
-            weight = self._tensor(node, "weight").reshape(-1)
+            weight = _vector(node, "weight", self._tensor(node, "weight").reshape(-1), c, one=True)
             v = self._value(node.name, (n, h, w, c))
             self._row(pk.OP_PRELU, node.inputs, v, act + [self.fp.add(weight), weight.size], size)
         elif op in ("avg_pool2d", "max_pool2d"):
             kh, kw, sh, sw, ph, pw = self._pool_params(node)
-            oh, ow = _pool_size(h, kh, sh, ph), _pool_size(w, kw, sw, pw)
+            oh, ow = _out_size(node, h, kh, sh, ph), _out_size(node, w, kw, sw, pw)
             before, after = int(node.attrs.get("pad_before", 0)), int(node.attrs.get("pad_after", 0))
             v = self._value(node.name, (n, oh, ow, before + c + after))
             params = act + [kh, kw, sh, sw, ph, pw]
@@ -574,6 +601,7 @@ class _Builder:
             if (h, w, c) != (1, 1, i):
                 raise PlanError(f"node {node.name}: linear layer of {i} inputs on a {(c, h, w)} input")
             bias = self._tensor(node, "bias") if "bias" in node.tensors else np.zeros(o, np.float32)
+            _vector(node, "bias", bias, o)
             v = self._value(node.name, (n, 1, 1, o))
             self._row(pk.OP_LINEAR, node.inputs, v, act + [self.fp.add(weight), self.fp.add(bias)], n * o * i // 8)
         else:
@@ -671,12 +699,16 @@ class CompiledModel:
     ``x``: float (N, C, H, W) images as a numpy array or a torch tensor; the result is of the same
     kind, float32 (N, classes). Plans are built per input shape and thread count and kept (a few).
     Thread-safe: calls from several Python threads are serialised (the plan's buffers are shared).
+    ``meta`` and ``tensors`` are checked here (:func:`recu.deploy.validate.check_file`; errors name
+    ``source``), once: the calls trust them.
     """
 
     def __init__(self, meta: dict, tensors: dict, *, impl: Optional[str] = None,
-                 num_threads: Optional[int] = None) -> None:
+                 num_threads: Optional[int] = None, source: str = "deployment file") -> None:
         if not meta.get("graph"):
             raise PlanError(meta.get("graph_unsupported") or "the file has no graph (written by an older recu?)")
+        check_file(meta, tensors, source)
+        self.source = source
         self.metadata = meta
         self.tensors = tensors
         self.num_threads = num_threads
@@ -714,9 +746,9 @@ class CompiledModel:
         arr, is_torch = _as_numpy(x)
         self._check(arr)
         if self.kernel == "numpy":
-            from .graph_numpy import run_graph
+            from .graph_numpy import run_checked_graph
 
-            logits = run_graph(self.metadata, self.tensors, arr)
+            logits = run_checked_graph(self.metadata, self.tensors, arr)
         else:
             logits = self._run(arr)
         if is_torch:
@@ -754,8 +786,11 @@ class CompiledModel:
     def _new_plan(self, shape: tuple, threads: int) -> _Plan:
         if len(self._plans) >= 8:
             self._plans.clear()
-        plan = self._plans[(shape, threads)] = build_plan(self.metadata, self.tensors, shape, impl=self.impl,
-                                                          threads=threads)
+        try:
+            plan = build_plan(self.metadata, self.tensors, shape, impl=self.impl, threads=threads)
+        except PlanError as e:  # the graph does not take this input shape: say which file
+            raise PlanError(f"{self.source}: {e}".replace("\n", "\\n")) from None  # one line, whatever the names
+        self._plans[(shape, threads)] = plan
         return plan
 
     def __repr__(self) -> str:
@@ -766,13 +801,19 @@ class CompiledModel:
 
 def load_plan(path: Union[str, os.PathLike], *, impl: Optional[str] = None,
               num_threads: Optional[int] = None) -> CompiledModel:
-    """A deployment file as a :class:`CompiledModel` (needs the graph that ``recu.deploy.export`` writes)."""
+    """A deployment file as a :class:`CompiledModel` (needs the graph that ``recu.deploy.export`` writes).
+
+    Raises:
+        DeployFileError: (a ValueError; :class:`PlanError` for a file without a graph) the file is not a
+            deployment file or fails its checks (:func:`recu.deploy.validate.check_file`).
+    """
     meta = read_metadata(path)
     if not meta.get("graph"):
-        raise PlanError(f"{path}: {meta.get('graph_unsupported') or 'no graph (written by an older recu?)'}; "
-                        "load it with engine='layers' (needs PyTorch)")
+        why = meta.get("graph_unsupported")
+        why = why.replace("\n", " ") if isinstance(why, str) and why else "no graph (written by an older recu?)"
+        raise PlanError(f"{path}: {why}; load it with engine='layers' (needs PyTorch)")
     if impl is not None:
         resolve_kernel(impl)
     if not numba_available() and resolve_kernel(impl) != "numpy":
         raise RuntimeError("the compiled runtime needs numba (pip install recu-bnn[runtime]); or impl='numpy'")
-    return CompiledModel(meta, read_tensors(path), impl=impl, num_threads=num_threads)
+    return CompiledModel(meta, read_tensors(path), impl=impl, num_threads=num_threads, source=str(path))

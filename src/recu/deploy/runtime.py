@@ -33,6 +33,7 @@ from .kernels import (
     set_num_threads,
 )
 from .pack import unpackbits_bytes
+from .validate import DeployFileError, check_file
 
 __all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load_layers", "load", "read_metadata", "build_model"]
 
@@ -188,6 +189,32 @@ def _fuse_float_conv_bn(net: nn.Module) -> int:
     return len(pairs)
 
 
+def _check_geometry(old: nn.Module, layer: dict, path: Union[str, os.PathLike]) -> None:
+    """A conv's kernel, stride and padding in the file are the skeleton's: the skeleton's forward joins
+    its output with other values, whose shapes follow from its own geometry."""
+    if not isinstance(old, nn.Conv2d):
+        return
+    from .export import conv_padding
+
+    own = [list(old.kernel_size), list(old.stride), list(conv_padding(old) or old.padding)]
+    if own != [layer["kernel_size"], layer["stride"], layer["padding"]]:
+        raise DeployFileError(f"{path}: binary layer {layer['name']!r} has kernel, stride, padding "
+                              f"{[layer['kernel_size'], layer['stride'], layer['padding']]}, the model's {own}")
+
+
+def _check_against_skeleton(net: nn.Module, state: dict[str, Tensor], path: Union[str, os.PathLike]) -> None:
+    """The file's float tensors have the skeleton's shapes and kinds: ``load_state_dict`` would raise a
+    many-line RuntimeError on a shape, and silently cast an integer tensor into a float buffer."""
+    own = net.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            continue  # reported by load_state_dict's unexpected keys
+        want = own[key]
+        if tuple(value.shape) != tuple(want.shape) or value.is_floating_point() != want.is_floating_point():
+            raise DeployFileError(f"{path}: tensor {'float.' + key!r} is {str(value.dtype)[6:]} "
+                                  f"{tuple(value.shape)}, the model's {str(want.dtype)[6:]} {tuple(want.shape)}")
+
+
 def load_layers(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, impl: Optional[str] = None,
                 num_threads: Optional[int] = None, fuse_float: bool = False) -> PackedModel:
     """Load a deployment file as a packed CPU inference model (PyTorch, one packed layer at a time).
@@ -211,9 +238,16 @@ def load_layers(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
     meta = read_metadata(path)
     if impl is not None:
         resolve_kernel(impl)
-    net = _skeleton(meta, model)
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    check_file(meta, tensors, str(path))
+    if model is None and not meta.get("model_spec"):
+        raise DeployFileError(f"{path}: the file has no model spec; pass the model skeleton: load(path, model=...)")
+    try:
+        net = _skeleton(meta, model)
+    except (TypeError, KeyError, ValueError) as e:  # a model_spec that builds no model
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise DeployFileError(f"{path}: model_spec builds no model: {type(e).__name__}: {why}") from None
     for layer in meta["binary_layers"]:
         name = layer["name"]
         c_in = int(layer["in_channels"])
@@ -230,19 +264,25 @@ def load_layers(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
         if cls is None:
             raise ValueError(f"layer {name}: unknown kind {layer.get('kind')!r} (a newer recu wrote this file?)")
         packed = cls(weights, epilogue, tuple(layer["stride"]), tuple(layer["padding"]), impl)
-        old = net.get_submodule(name)
+        try:
+            old = net.get_submodule(name)
+        except AttributeError:
+            raise DeployFileError(f"{path}: the model skeleton has no layer {name!r} that the file names; "
+                                  "wrong skeleton?") from None
         c_old = getattr(old, "in_channels", getattr(old, "in_features", c_in))
         o_old = getattr(old, "out_channels", getattr(old, "out_features", packed.out_channels))
         if (c_old, o_old) != (c_in, packed.out_channels):
             raise ValueError(f"layer {name}: the skeleton's {type(old).__name__} has other channel counts than the file")
+        _check_geometry(old, layer, path)
         _replace(net, name, packed)
         if layer.get("folded_bn"):
             _replace(net, layer["folded_bn"], nn.Identity())
     state = {k[len("float."):]: v for k, v in tensors.items() if k.startswith("float.")}
+    _check_against_skeleton(net, state, path)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"the file does not match the model skeleton: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(unexpected)[:8]}")
+        raise DeployFileError(f"{path}: the file does not match the model skeleton: missing {sorted(missing)[:8]}, "
+                              f"unexpected {sorted(unexpected)[:8]}")
     net.eval()
     if fuse_float:
         _fuse_float_conv_bn(net)
