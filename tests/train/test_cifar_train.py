@@ -17,6 +17,8 @@ def test_resnet20_recu_learns_on_a_cifar10_subset(trained_resnet20):
     # paper Eq. 24 with E = 4 epochs
     expected = [0.85 + 0.14 * (math.exp(e / 4) - 1) / (math.e - 1) for e in range(4)]
     assert [r["tau"] for r in records] == pytest.approx(expected, abs=1e-6)
-    # 10,000 test images, 10 classes: 1,024 training images for 4 epochs already beat chance clearly
-    assert trained_resnet20["final_top1"] > 18.0
+    # 10,000 test images, 10 classes: chance is 10% +- 0.3% (one standard deviation). The CPU's float32
+    # summation order steers this short run: 17.7% on an AMD EPYC (one and two threads), above 18% on
+    # Intel Xeons. 14% is 13 standard deviations above chance and well below every run seen.
+    assert trained_resnet20["final_top1"] > 14.0
     assert "dead_weight" in records[-1]["monitor"]

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,9 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_checkpoint_model(path: str):  # type: ignore[no-untyped-def]
     """The model of a training checkpoint, rebuilt from its spec, weights loaded (weights_only)."""
-    import torch
+    return _checkpoint_model(path, _read_checkpoint(path))
 
-    from ..deploy.runtime import build_model
+
+def _read_checkpoint(path: str) -> dict:
+    import torch
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -89,6 +92,12 @@ def load_checkpoint_model(path: str):  # type: ignore[no-untyped-def]
         keys = sorted(map(str, ckpt))[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a recu checkpoint: need a dict with 'model' (state_dict) and "
                          f"'model_spec' (the model's recu_spec), got {keys}")
+    return ckpt
+
+
+def _checkpoint_model(path: str, ckpt: dict):  # type: ignore[no-untyped-def]
+    from ..deploy.runtime import build_model
+
     model = build_model(ckpt["model_spec"])
     try:
         model.load_state_dict(ckpt["model"], strict=True)
@@ -106,16 +115,32 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("--input-size and --opset apply to --format onnx only")
     if args.format == "onnx" and args.no_fold:
         raise ValueError("--no-fold applies to --format recu only (the ONNX graph keeps every BatchNorm)")
-    model = load_checkpoint_model(args.checkpoint)
+    ckpt = _read_checkpoint(args.checkpoint)
+    model = _checkpoint_model(args.checkpoint, ckpt)
+    preprocessing = _preprocessing(ckpt.get("config") or {})
     if args.format == "onnx":
+        if args.input_size is None and preprocessing:  # a folder data set's image size
+            args.input_size = [preprocessing["in_channels"], preprocessing["image_size"], preprocessing["image_size"]]
         return _export_onnx(args, model)
-    meta = export(model, args.output, fold_bn=not args.no_fold)
+    meta = export(model, args.output, fold_bn=not args.no_fold, class_names=ckpt.get("class_names"),
+                  preprocessing=preprocessing)
     size = os.path.getsize(args.output)
     fp32 = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
     print(f"wrote {args.output}: {len(meta['binary_layers'])} packed binary layers "
           f"({len(meta['folded_bn'])} with BatchNorm folded), {len(meta['float_layers'])} binary layers kept float; "
           f"{size / 1e6:.3f} MB, {fp32 / max(size, 1):.1f}x smaller than the float32 weights")
     return 0
+
+
+def _preprocessing(cfg: dict) -> Optional[dict]:
+    """What a folder data set's images went through before the model, for the deployment file."""
+    if cfg.get("dataset") != "folder" or cfg.get("mean") is None:
+        return None
+    from ..train import TrainConfig
+
+    options = TrainConfig.from_dict(cfg).folder_options()
+    return {"image_size": options.image_size, "in_channels": options.in_channels, "resize": options.stored_size,
+            "scale": 1 / 255, "mean": list(options.mean), "std": list(options.std)}
 
 
 def _export_onnx(args: argparse.Namespace, model) -> int:  # type: ignore[no-untyped-def]
@@ -161,12 +186,15 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_file(args, path)
 
 
-def _bench_input_shape(args: argparse.Namespace, spec: dict) -> tuple[int, int, int]:
-    """--input-size, else (C, 224, 224) for ImageNet models, the 8x8 digits for the tiny quick-start
-    models (an MLP of F inputs: 1 x 8 x 8 for 64, else 1 x 1 x F) and (C, 32, 32) otherwise, C from
-    the spec (default 3, 1 for the tiny models)."""
+def _bench_input_shape(args: argparse.Namespace, spec: dict, meta: Optional[dict] = None) -> tuple[int, int, int]:
+    """--input-size, else the file's preprocessing image size (a folder data set's), else (C, 224, 224)
+    for ImageNet models, the 8x8 digits for the tiny quick-start models (an MLP of F inputs: 1 x 8 x 8
+    for 64, else 1 x 1 x F) and (C, 32, 32) otherwise, C from the spec (default 3, 1 for the tiny models)."""
     if args.input_size:
         return tuple(args.input_size)  # type: ignore[return-value]
+    pre = (meta or {}).get("preprocessing") or {}
+    if pre.get("image_size") and pre.get("in_channels"):
+        return (int(pre["in_channels"]), int(pre["image_size"]), int(pre["image_size"]))
     name, kwargs = str(spec.get("name", "")), spec.get("kwargs") or {}
     if name.startswith("mlp"):
         features = int(kwargs.get("in_features", 64))
@@ -194,7 +222,7 @@ def _bench_without_torch(args: argparse.Namespace, path: "str | os.PathLike") ->
     model = load(path, impl=args.kernel, engine="plan")
     if args.threads:
         model.set_num_threads(args.threads)
-    shape = _bench_input_shape(args, model.metadata.get("model_spec") or {})
+    shape = _bench_input_shape(args, model.metadata.get("model_spec") or {}, model.metadata)
     print(f"recu bench {args.target}")
     print(f"PyTorch is not installed: the 1-bit model alone, no float baseline ({TORCH_HINT} to compare)")
     print(f"engine plan, kernel {model.kernel}, threads {args.threads or 'numba default'}, input {shape}")
@@ -222,7 +250,7 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
     layers = model if engine_of(model) == "layers" else load(path, impl=args.kernel, engine="layers")
     spec = model.metadata.get("model_spec") or {}
     twin = None if args.no_fp_twin else fp_twin(spec)
-    res = run_benchmark(model, _bench_input_shape(args, spec), tuple(args.batch), threads=args.threads,
+    res = run_benchmark(model, _bench_input_shape(args, spec, model.metadata), tuple(args.batch), threads=args.threads,
                         repeat=args.repeat, use_compile=not args.no_compile, per_layer=args.per_layer or args.top > 0,
                         layers=layers, baselines=dict([twin]) if twin else None)
     print(f"recu bench {args.target}")

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "written; --resume continues it")
     p.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split",
+                       description="Print one JSON line: loss, top-1 and top-5 (%%) on the test split, and "
+                                   "for a folder data set each class's top-1 by name (per_class).")
     e.add_argument("checkpoint", help="a checkpoint file, or a model name with --pretrained")
     e.add_argument("--pretrained", action="store_true",
                    help="CHECKPOINT is a model name: evaluate its shipped trained weights (recu.pretrained)")
@@ -62,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from ..data import build_test_loader
-    from ..train import evaluate, load_checkpoint, model_from_checkpoint
+    from ..train import TrainConfig, evaluate, load_checkpoint, model_from_checkpoint
+    from ..train.per_class import class_hits, per_class_report
     from ..train.distributed import resolve_device
 
     if args.pretrained:
@@ -72,9 +75,18 @@ def _eval(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
     cfg = state.get("config", {})
     device = resolve_device(args.device)
-    test = build_test_loader(args.dataset or cfg.get("dataset", "cifar10"), args.data_dir or cfg.get("data_dir"),
-                             batch_size=args.batch_size, device=device)
+    dataset = args.dataset or cfg.get("dataset", "cifar10")
+    folder = TrainConfig.from_dict(cfg).folder_options() if dataset == "folder" else None
+    test = build_test_loader(dataset, args.data_dir or cfg.get("data_dir"), batch_size=args.batch_size,
+                             device=device, workers=int(cfg.get("workers", 4)), folder=folder)
+    names = state.get("class_names")
+    found = getattr(test, "class_names", None)
+    if names is not None and found is not None and list(found) != list(names):
+        raise ValueError(f"the test folder's classes {list(found)[:5]} are not the {len(names)} classes the "
+                         f"checkpoint was trained on ({list(names)[:5]} ...)")
     model = model_from_checkpoint(state, args.checkpoint).to(device)
     result = evaluate(model, test, device)
+    if names:  # a second pass, for data sets whose classes have names (folder data sets)
+        result["per_class"] = per_class_report(names, *class_hits(model, test, device, len(names)))
     print(json.dumps({"checkpoint": args.checkpoint, "epoch": state.get("epoch"), **result}))
     return 0

@@ -1,4 +1,4 @@
-"""Data sets and loaders: CIFAR-10/100, scikit-learn digits and ImageNet-style folders.
+"""Data sets and loaders: CIFAR-10/100, scikit-learn digits, ImageNet-style folders and any image folder.
 
 :func:`build_loaders` is the one entry point the training engine uses
 (docs/interfaces.md). Every loader has ``set_epoch(e)``, ``len()`` (steps per epoch),
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import TYPE_CHECKING, Optional, Protocol, Union
 
 import torch
 from torch import Tensor
@@ -21,10 +21,13 @@ from torch import Tensor
 from .cifar import CIFAR_SPECS, ChecksumError, load_cifar
 from .loader import InMemoryLoader
 
+if TYPE_CHECKING:
+    from .folder import FolderOptions
+
 __all__ = ["DataBundle", "Loader", "DATASETS", "SUBSET_SEED", "build_loaders", "build_test_loader", "subset_indices",
            "ChecksumError"]
 
-DATASETS = ("cifar10", "cifar100", "digits", "imagenet")
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet", "folder")
 SUBSET_SEED = 0  # the subset is the same for every run seed, so runs on a subset stay comparable
 IMAGENET_ENV = "RECU_IMAGENET_DIR"
 
@@ -43,12 +46,19 @@ class Loader(Protocol):
 
 @dataclass
 class DataBundle:
-    """The training and test loaders of a data set, and what a model needs to know about it."""
+    """The training and test loaders of a data set, and what a model needs to know about it.
+
+    ``class_names``, ``mean`` and ``std`` (of the [0, 1] pixels) are filled for folder data sets, where
+    they come from the data: a checkpoint keeps them so that evaluation and deployment need no training set.
+    """
 
     train: Loader
     test: Loader
     num_classes: int
     input_size: tuple[int, int, int]
+    class_names: Optional[list[str]] = None
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
 
 
 def subset_indices(n: int, subset: Optional[int]) -> Optional[Tensor]:
@@ -75,14 +85,17 @@ def build_loaders(
     workers: int = 4,
     subset: Optional[int] = None,
     lighting: str = "uint8",
+    folder: Optional["FolderOptions"] = None,
 ) -> DataBundle:
     """Training and test loaders of ``dataset``.
 
     Args:
-        dataset: ``cifar10``, ``cifar100``, ``digits`` or ``imagenet``.
+        dataset: ``cifar10``, ``cifar100``, ``digits``, ``imagenet`` or ``folder`` (any image folder:
+            ``root/train/<class>/*`` and ``root/val/<class>/*`` or ``root/test/<class>/*``).
         root: data folder. CIFAR: the unpacked folder or its parent (``None``: ``RECU_CIFAR10_DIR`` /
             ``RECU_CIFAR100_DIR``); ImageNet: the folder holding ``train/`` and ``val/``
-            (``None``: ``RECU_IMAGENET_DIR``); ignored for digits (shipped with scikit-learn).
+            (``None``: ``RECU_IMAGENET_DIR``); folder: the folder holding ``train/`` and ``val/`` or ``test/``;
+            ignored for digits (shipped with scikit-learn).
         batch_size: the GLOBAL training batch; rank ``r`` gets its ``batch_size / world_size`` slice.
         eval_batch_size: test batch (the test loader is not sharded).
         device: where batches are returned (CIFAR and digits also live and are augmented there).
@@ -91,11 +104,13 @@ def build_loaders(
         augment: training augmentation (CIFAR: random crop 32 with padding 4 and flip; digits:
             random 1-pixel shift; ImageNet: RandomResizedCrop, lighting, flip).
         download: fetch CIFAR if missing (needs internet).
-        workers: decoding processes (ImageNet only).
+        workers: decoding processes (ImageNet, folder).
         subset: train on the first ``subset`` images of a fixed permutation of the training set.
         lighting: ImageNet's PCA lighting noise: ``uint8`` (added to the 0..255 crop before
             normalisation, as the authors' transform does), ``float`` (added to the [0, 1] image,
             AlexNet's strength) or ``none`` (see :class:`recu.data.imagenet.ImageFolderDataset`).
+        folder: image size, channels, augmentation, normalisation and memory budget of a folder data
+            set (:class:`recu.data.folder.FolderOptions`; ``None``: its defaults).
 
     CIFAR-10 is normalised with the ImageNet mean/std and CIFAR-100 with its own, as the authors do.
     """
@@ -117,6 +132,8 @@ def build_loaders(
         # mirrored digits are other symbols: shift only
         norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
         pad, flip, classes, size = 1, False, 10, (1, 8, 8)
+    elif dataset == "folder":
+        return _folder(root, batch_size, eval_batch_size, device, workers, subset, augment, folder, **common)
     else:
         return _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augment, lighting, **common)
 
@@ -136,11 +153,14 @@ def build_test_loader(
     device: Device,
     download: bool = False,
     workers: int = 4,
+    folder: Optional["FolderOptions"] = None,
 ) -> Loader:
     """The test loader of ``dataset`` alone (``recu eval``): the training split is not read.
 
     Same arguments and the same test loader as :func:`build_loaders`; for ImageNet the labels
     are the sorted class folders of ``val/`` (which :func:`build_loaders` checks equal ``train/``'s).
+    A folder data set needs ``folder.mean`` and ``folder.std`` (those the model was trained with);
+    its loader's ``class_names`` are the class folders of ``val/`` (or ``test/``).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
@@ -154,6 +174,8 @@ def build_test_loader(
         x_te, y_te = load_digits(train=False)
         mean, std = digits_stats()
         norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
+    elif dataset == "folder":
+        return _folder_test(root, batch_size, device, workers, folder)
     else:
         from .imagenet import ImageFolderDataset, ImageFolderLoader, scan_class_folders
 
@@ -190,3 +212,52 @@ def _imagenet(root, batch_size, eval_batch_size, device, workers, subset, augmen
     train = ImageFolderLoader(train_ds, batch_size, device, seed, rank, world_size, workers)
     test = ImageFolderLoader(test_ds, eval_batch_size, device, 0, 0, 1, workers)
     return DataBundle(train, test, len(classes), (3, 224, 224))
+
+
+def _folder_root(root: Optional[Union[str, "os.PathLike[str]"]]) -> Path:
+    if root is None:
+        raise ValueError("dataset folder needs data_dir: the folder holding train/<class>/ and val/<class>/ "
+                         "(--set data_dir=DIR)")
+    return Path(root).expanduser()
+
+
+def _folder(root, batch_size, eval_batch_size, device, workers, subset, augment, options, seed, rank, world_size):  # type: ignore[no-untyped-def]
+    from .folder import FolderOptions, decoded_sources, normalization
+    from .folder_loader import FolderLoader
+    from .folder_scan import scan_folder_dataset
+
+    options = options or FolderOptions()
+    train_samples, test_samples, classes = scan_folder_dataset(_folder_root(root))
+    idx = subset_indices(len(train_samples), subset)
+    if idx is not None:
+        train_samples = [train_samples[i] for i in idx.tolist()]
+    train_src, test_src = decoded_sources([train_samples, test_samples], options, workers)
+    mean, std = normalization(train_src, options, workers)
+    common = dict(image_size=options.image_size, mode=options.mode, mean=mean, std=std, workers=workers)
+    train = FolderLoader(train_src, _labels(train_samples), batch_size, device, train=True, augment=augment,
+                         seed=seed, rank=rank, world_size=world_size, **common)  # type: ignore[arg-type]
+    test = FolderLoader(test_src, _labels(test_samples), eval_batch_size, device, train=False, augment=False,
+                        **common)  # type: ignore[arg-type]
+    train.class_names = test.class_names = classes
+    size = (options.in_channels, options.image_size, options.image_size)
+    return DataBundle(train, test, len(classes), size, class_names=classes, mean=mean, std=std)
+
+
+def _folder_test(root, batch_size, device, workers, options):  # type: ignore[no-untyped-def]
+    from .folder import decoded_sources
+    from .folder_loader import FolderLoader
+    from .folder_scan import eval_split_dir, scan_split
+
+    if options is None or options.mean is None or options.std is None:
+        raise ValueError("a folder test loader needs the mean and std the model was trained with")
+    samples, classes = scan_split(eval_split_dir(_folder_root(root)))
+    (source,) = decoded_sources([samples], options, workers)
+    loader = FolderLoader(source, _labels(samples), batch_size, device, train=False, augment=False,
+                          image_size=options.image_size, mode=options.mode, mean=options.mean, std=options.std,
+                          workers=workers)
+    loader.class_names = classes
+    return loader
+
+
+def _labels(samples: list[tuple[str, int]]) -> Tensor:
+    return torch.tensor([label for _, label in samples], dtype=torch.int64)

@@ -517,12 +517,16 @@ def fp_twin_name(name: str) -> Optional[str]:
 def fp_twin(spec: Optional[Mapping]) -> Optional[tuple[str, nn.Module]]:
     """(name, model) of the full-precision twin of the model a ``recu_spec`` describes, in eval mode
     with random weights (only its speed is used): same ``num_classes``, and those of the spec's
-    options the twin takes (``in_channels``; not e.g. ReActNet's training ``stage``). None without
-    a spec or a twin."""
+    options the twin takes (``in_channels``; not e.g. ReActNet's training ``stage``); for a user's
+    model, its factory's model without binarisation. None without a spec or a twin."""
     from .. import models
 
     if not spec or not spec.get("name"):
         return None
+    if isinstance(spec.get("binarize"), Mapping):  # a user's model (recu.models.user): its factory's, as built
+        plain = {k: v for k, v in spec.items() if k != "config"}
+        plain["binarize"] = {**spec["binarize"], "enabled": False}
+        return f"{spec['name']} (full precision)", models.from_spec(plain).eval()
     name = fp_twin_name(str(spec["name"]))
     if name is None:
         return None

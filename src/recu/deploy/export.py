@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -109,12 +109,12 @@ def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]
     return a.contiguous(), b.contiguous()
 
 
-def _json_safe(obj: Any) -> Any:
-    """The model spec as plain JSON (tuples -> lists); refuses anything JSON cannot hold."""
+def _json_safe(obj: Any, what: str = "model spec") -> Any:
+    """``obj`` as plain JSON (tuples -> lists); refuses anything JSON cannot hold."""
     try:
         return json.loads(json.dumps(obj))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"model spec is not JSON-serialisable: {e}") from None
+        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -134,6 +134,8 @@ def export(
     *,
     spec: Optional[dict] = None,
     fold_bn: bool = True,
+    class_names: Optional[Sequence[str]] = None,
+    preprocessing: Optional[dict] = None,
 ) -> dict:
     """Write ``model`` as a 1-bit deployment file at ``path``; return the file's metadata.
 
@@ -145,12 +147,18 @@ def export(
         spec: how to rebuild the model (``recu.models.create`` arguments); defaults to
             ``model.recu_spec``. Without one, :func:`recu.deploy.load` needs the model skeleton.
         fold_bn: fold a BatchNorm2d that directly and solely consumes a binary conv into it.
+        class_names: the name of each output class, in order (``meta["class_names"]``; the loaded
+            model's ``class_names``).
+        preprocessing: what the input images went through (``meta["preprocessing"]``, JSON: e.g.
+            ``image_size``, ``mean``, ``std``; see docs/file-format.md).
 
     Raises:
         ValueError: a binary layer uses ``sign_at_zero="zero"`` (a bit has no code for 0).
     """
     from safetensors.torch import save_file
 
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)):
+        raise ValueError(f"class_names must be a list of strings, got {class_names!r}")
     model = _unwrap(model)
     spec = spec if spec is not None else getattr(model, "recu_spec", None)
     modules = dict(model.named_modules())
@@ -227,6 +235,8 @@ def export(
         "bit_order": "little",
         "graph": graph,  # the whole network as simple ops, or None (docs/file-format.md, "The graph")
         "graph_unsupported": graph_unsupported,
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocessing": _json_safe(preprocessing, "preprocessing") if preprocessing is not None else None,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})

@@ -720,6 +720,11 @@ class CompiledModel:
         self._lock = threading.Lock()
         self._pk: Any = None
 
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        """The name of each output class (logit column), when the file has them (a folder data set's)."""
+        return self.metadata.get("class_names")
+
     def set_kernel(self, impl: Optional[str]) -> None:
         """Select the kernel path (None: ``RECU_DEPLOY_KERNEL`` / auto); plans are rebuilt."""
         self.kernel = resolve_kernel(impl)

@@ -121,6 +121,11 @@ class PackedModel(nn.Module):
         self.metadata = metadata
         self.num_threads = num_threads
 
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        """The name of each output class (logit column), when the file has them (a folder data set's)."""
+        return self.metadata.get("class_names")
+
     def packed_layers(self) -> list[tuple[str, PackedConv2d]]:
         """(name, layer) of every packed binary layer (convolutions and linear layers), in module order."""
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, PackedConv2d)]
@@ -151,7 +156,9 @@ def build_model(spec: dict) -> nn.Module:
     config = spec.get("config")
     if config is not None and "config" in kwargs:
         config = None
-    return models.create(spec["name"], num_classes=spec.get("num_classes"), config=config, kwargs=kwargs)
+    # a user's model (package.module:factory, recu.models.user) also records how it was binarised
+    extra = {"binarize": spec["binarize"]} if "binarize" in spec else {}
+    return models.create(spec["name"], num_classes=spec.get("num_classes"), config=config, kwargs=kwargs, **extra)
 
 
 def _skeleton(meta: dict, model: Optional[nn.Module]) -> nn.Module:

@@ -380,6 +380,15 @@ class _Checker:
         spec = meta.get("model_spec")
         if spec is not None and not isinstance(spec.get("name"), str):
             self.fail("metadata", f"'model_spec' must name the model, got {_show(spec)}")
+        if meta.get("preprocessing") is not None and not isinstance(meta["preprocessing"], dict):
+            self.fail("metadata", f"'preprocessing' must be an object or null, got {_show(meta['preprocessing'])}")
+        names = meta.get("class_names")
+        if names is not None:
+            if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                self.fail("metadata", f"'class_names' must be a list of strings or null, got {_show(names)}")
+            classes = spec.get("num_classes") if spec is not None else None
+            if isinstance(classes, int) and len(names) != classes:
+                self.fail("metadata", f"'class_names' names {len(names)} classes, the model has {classes}")
         if "bit_order" in meta and meta["bit_order"] != "little":
             self.fail("metadata", f"bit_order {_show(meta['bit_order'])} is not 'little'")
         for key in ("folded_bn", "float_layers"):

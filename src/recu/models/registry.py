@@ -19,7 +19,7 @@ from torch import nn
 
 from ..nn import BinaryConfig
 
-__all__ = ["register", "create", "available", "is_binary", "from_spec"]
+__all__ = ["register", "create", "available", "is_binary", "from_spec", "takes_in_channels"]
 
 Builder = Callable[..., nn.Module]
 F = TypeVar("F", bound=Builder)
@@ -127,10 +127,20 @@ def create(name: str, num_classes: Optional[int] = None, config: ConfigLike = No
             ``recu models`` marks the names that have them). The model is built as it was
             trained, so ``config`` and model options cannot be combined with it.
 
+    A ``package.module:factory`` name builds a user's model instead (:mod:`recu.models.user`: the
+    factory is imported and called with ``num_classes`` and ``kwargs``, then binarised as ``binarize=``
+    says).
+
     Raises:
         ValueError: the name is unknown (the message lists the available names), or
             ``pretrained=True`` for a model without shipped weights (the message lists those with).
     """
+    if ":" in name:  # package.module:factory
+        if pretrained:
+            raise ValueError(f"pretrained weights ship only for registry models, not {name!r}")
+        from .user import create_user_model
+
+        return create_user_model(name, num_classes, config, **kwargs)
     if pretrained:
         from ._weights import build_pretrained
 
@@ -154,4 +164,14 @@ def from_spec(spec: Mapping[str, Any]) -> nn.Module:
     missing = {"name", "num_classes"} - set(spec)
     if missing:
         raise ValueError(f"model spec lacks {sorted(missing)}; got keys {sorted(spec)}")
-    return create(spec["name"], spec["num_classes"], spec.get("config"), kwargs=dict(spec.get("kwargs") or {}))
+    extra = {"binarize": spec["binarize"]} if "binarize" in spec else {}  # a user model's (recu.models.user)
+    return create(spec["name"], spec["num_classes"], spec.get("config"), kwargs=dict(spec.get("kwargs") or {}), **extra)
+
+
+def takes_in_channels(name: str) -> bool:
+    """Whether the model ``name`` (registry name or ``package.module:factory``) has an ``in_channels`` option."""
+    if ":" in name:
+        from .user import takes_in_channels as user_takes_in_channels
+
+        return user_takes_in_channels(name)
+    return "in_channels" in inspect.signature(_lookup(name)).parameters

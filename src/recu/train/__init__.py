@@ -1,5 +1,8 @@
-"""Training: the config dataclass, the engine, checkpoints, metrics log and torchrun/DDP support."""
+"""Training: the config dataclass, the engine, checkpoints, metrics log and torchrun/DDP support; the tau
+schedule and dead-weight monitor for a user's own loop (:class:`ReCUCallback`, and
+``recu.train.lightning.ReCULightningCallback`` for PyTorch Lightning)."""
 
+from .callback import ReCUCallback
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .divergence import TrainingDiverged
@@ -8,6 +11,7 @@ from .engine import Trainer, evaluate, lr_factor, model_from_checkpoint, param_g
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "ReCUCallback",
     "TrainingDiverged",
     "train",
     "evaluate",

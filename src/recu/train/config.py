@@ -7,7 +7,10 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+if TYPE_CHECKING:
+    from ..data.folder import FolderOptions
 
 __all__ = ["TrainConfig", "parse_override", "parse_duration"]
 
@@ -19,7 +22,10 @@ _CHOICES = {
     "tau_schedule": ("exponential", "linear", "cosine", "constant"),
     "amp": ("off", "bfloat16", "float16"),
     "on_nonfinite": ("stop", "skip"),
+    "folder_augment": ("auto", "crop", "resized_crop"),
 }
+# the keys that describe a folder data set's images (recu.data.folder.FolderOptions)
+_FOLDER_KEYS = ("image_size", "in_channels", "mean", "std")
 
 
 @dataclass
@@ -28,6 +34,11 @@ class TrainConfig:
 
     ``binary`` holds :class:`recu.BinaryConfig` fields that change the ``preset``, e.g.
     ``{"clamp": "mask"}``; on the command line ``--set binary.clamp=mask``.
+
+    ``model`` is a registry name (``recu models``) or a user's ``package.module:factory``, called with
+    ``num_classes`` (and ``in_channels`` when it names that parameter) and converted by
+    :func:`recu.binarize` with the ``binarize`` section's arguments (``keep_first_last``,
+    ``keep_downsample``, ``skip``, ``tau``, ``enabled``; its ``preset`` replaces the top-level one).
     """
 
     name: str = "resnet20_recu"
@@ -37,6 +48,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     preset: str = "recu"
     binary: dict[str, Any] = field(default_factory=dict)
+    # a user model's recu.binarize arguments (recu.models.user); empty: its defaults
+    binarize: dict[str, Any] = field(default_factory=dict)
     # data
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
@@ -46,6 +59,17 @@ class TrainConfig:
     # ImageNet PCA lighting noise (recu.data.imagenet): "uint8" adds it to the 0..255 crop before
     # ToTensor, as the authors' transform does; "float" to the [0, 1] image (AlexNet's strength); "none"
     lighting: str = "uint8"
+    # dataset: folder (recu.data.folder): the side images are resized to (default 32), 3 channels (grey
+    # images become RGB) or 1, the augmentation (auto: pad-and-crop up to 64 pixels, else random resized
+    # crops; both flip), the [0, 1] pixels' mean and std (measured on the training images when not
+    # given; the run's config.yaml records them) and the memory the decoded images may take (MB);
+    # above it, workers decode them every epoch
+    image_size: Optional[int] = None
+    in_channels: Optional[int] = None
+    folder_augment: str = "auto"
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    image_cache_mb: float = 2048.0
     workers: int = 4
     batch_size: int = 256
     eval_batch_size: int = 1000
@@ -118,6 +142,23 @@ class TrainConfig:
             raise ValueError(f"config weight_decay_names must be a non-empty list of non-empty name substrings, "
                              f"e.g. [conv, fc], got {names!r}")
         self.weight_decay_names = list(names)
+        given = [k for k in _FOLDER_KEYS if getattr(self, k) is not None]
+        if given and self.dataset != "folder":
+            raise ValueError(f"config {', '.join(given)} apply to dataset: folder only (dataset is {self.dataset!r})")
+        if self.dataset == "folder":
+            self.folder_options()  # its checks, now rather than when the data is read
+        if not isinstance(self.binarize, dict):
+            raise ValueError(f"config binarize must be a mapping of recu.binarize arguments, got {self.binarize!r}")
+        if self.binarize and ":" not in self.model:
+            raise ValueError(f"config binarize applies to a user model (model: package.module:factory); "
+                             f"{self.model!r} is a registry model, built binary")
+
+    def folder_options(self) -> "FolderOptions":
+        """The :class:`recu.data.folder.FolderOptions` of this config (``dataset: folder``)."""
+        from ..data.folder import FolderOptions
+
+        return FolderOptions(image_size=self.image_size or 32, in_channels=self.in_channels or 3,
+                             augment=self.folder_augment, mean=self.mean, std=self.std, cache_mb=self.image_cache_mb)
 
     @property
     def run_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -114,11 +115,21 @@ def param_groups(model: nn.Module, weight_decay: float, on: str = "all",
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: Optional[int] = None) -> nn.Module:
+    """The config's model for ``num_classes`` classes; ``in_channels`` (the data's) is passed to a model
+    that has that option unless ``model_kwargs`` sets it. A user's ``package.module:factory`` model is
+    binarised as ``cfg.binarize`` says (its ``preset`` replaces ``cfg.preset``)."""
     from ..models import create
+    from ..models.registry import takes_in_channels
 
-    binary = preset(cfg.preset, **cfg.binary)
-    return create(cfg.model, num_classes=num_classes, config=binary, **cfg.model_kwargs)
+    kwargs = dict(cfg.model_kwargs)
+    user = ":" in cfg.model
+    binary = preset(cfg.binarize.get("preset", cfg.preset) if user else cfg.preset, **cfg.binary)
+    if user:
+        kwargs["binarize"] = {k: v for k, v in cfg.binarize.items() if k != "preset"}
+    if in_channels is not None and "in_channels" not in kwargs and takes_in_channels(cfg.model):
+        kwargs["in_channels"] = in_channels
+    return create(cfg.model, num_classes=num_classes, config=binary, **kwargs)
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
@@ -210,8 +221,14 @@ class Trainer:
             cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, self.device, cfg.seed,
             rank=self.dist.rank, world_size=self.dist.world_size, augment=cfg.augment,
             download=cfg.download, workers=cfg.workers, subset=cfg.subset, lighting=cfg.lighting,
+            folder=cfg.folder_options() if cfg.dataset == "folder" else None,
         )
-        self.model = build_model(cfg, self.data.num_classes).to(self.device)
+        if self.data.mean is not None and cfg.mean is None:
+            # measured on the training images: the run's config.yaml and checkpoints keep them for recu eval
+            cfg = self.cfg = dataclasses.replace(cfg, mean=list(self.data.mean), std=list(self.data.std))
+        # the data's channel count for folder data and user models (registry specs elsewhere stay as they were)
+        in_channels = self.data.input_size[0] if cfg.dataset == "folder" or ":" in cfg.model else None
+        self.model = build_model(cfg, self.data.num_classes, in_channels).to(self.device)
         if cfg.init_from:
             load_model_state(self.model, load_checkpoint(cfg.init_from)["model"], f"init_from {cfg.init_from}")
         if cfg.channels_last:
@@ -328,6 +345,8 @@ class Trainer:
             "metrics": record,
             "recu_version": __version__,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            # folder data sets: the class folders in label order (recu eval, recu export)
+            "class_names": self.data.class_names,
         }
 
     # -- the loop -----------------------------------------------------------------------------
