@@ -22,23 +22,15 @@ import recu.data
 from recu.train import TrainConfig, TrainingDiverged, load_checkpoint, train
 from recu.train.engine import Trainer
 
-TINY = ["model=digits_cnn_1w1a", "dataset=digits", "batch_size=64", "eval_batch_size=500", "warmup_epochs=1",
-        "device=cpu", "progress=false", "monitor=false"]
+from _tiny import TINY_BASE, assert_same_weights, checkpoint_weights, tiny_config
+
+TINY = TINY_BASE + ["monitor=false"]
 STEPS = 22  # 1437 digits training images / 64
 
 
 def _cfg(tmp_path: Path, name: str, *extra: str) -> TrainConfig:
-    return TrainConfig.from_yaml(None, TINY + [f"out_dir={tmp_path}", f"name={name}", *extra])
+    return tiny_config(tmp_path, name, TINY, *extra)
 
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -131,13 +123,13 @@ def test_a_nan_batch_stops_at_its_step_keeps_the_last_finite_checkpoints_and_res
         state = torch.load(run / name, map_location="cpu", weights_only=True)
         assert state["epoch"] == 0, name
         _assert_finite(state["model"])
-        _assert_same(state["model"], snaps.states[0])
+        assert_same_weights(state["model"], snaps.states[0])
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # no record of the diverged epoch
 
     nan_at(set())
     resumed = train(_cfg(tmp_path, "run", "epochs=3"), resume=True)
     assert resumed["last_epoch"] == 3
-    _assert_same(_weights(run / "last.pt"), _weights(tmp_path / "straight" / "last.pt"))
+    assert_same_weights(checkpoint_weights(run / "last.pt"), checkpoint_weights(tmp_path / "straight" / "last.pt"))
     assert resumed["final_top1"] == straight["final_top1"]
 
 
@@ -188,7 +180,7 @@ def test_non_finite_weights_after_the_last_step_stop_the_run(tmp_path, monkeypat
         train(_cfg(tmp_path, "w", "epochs=3"))
     assert info.value.checkpoint_epoch == 1
     assert load_checkpoint(tmp_path / "w" / "last.pt")["epoch"] == 0
-    _assert_finite(_weights(tmp_path / "w" / "last.pt"))
+    _assert_finite(checkpoint_weights(tmp_path / "w" / "last.pt"))
 
 
 def test_skip_leaves_the_state_as_a_run_without_that_batch(tmp_path, nan_at, capsys):
@@ -200,8 +192,8 @@ def test_skip_leaves_the_state_as_a_run_without_that_batch(tmp_path, nan_at, cap
     records = _records(tmp_path / "skipped")
     assert [r["skipped_steps"] for r in records] == [0, 1]
     assert "| skipped 1 non-finite step |" in capsys.readouterr().out
-    a, b = _weights(tmp_path / "skipped" / "last.pt"), _weights(tmp_path / "without" / "last.pt")
-    _assert_same(a, b)  # weights, BatchNorm statistics and batch counts
+    a, b = checkpoint_weights(tmp_path / "skipped" / "last.pt"), checkpoint_weights(tmp_path / "without" / "last.pt")
+    assert_same_weights(a, b)  # weights, BatchNorm statistics and batch counts
     _assert_finite(a)
     assert skipped["final_top1"] == without["final_top1"]
     reference = _records(tmp_path / "without")
@@ -209,7 +201,7 @@ def test_skip_leaves_the_state_as_a_run_without_that_batch(tmp_path, nan_at, cap
     momentum = [load_checkpoint(tmp_path / n / "last.pt")["optimizer"]["state"] for n in ("skipped", "without")]
     assert momentum[0].keys() == momentum[1].keys() and momentum[0]
     for k in momentum[0]:
-        _assert_same(momentum[0][k], momentum[1][k])  # the skipped step left the momentum alone too
+        assert_same_weights(momentum[0][k], momentum[1][k])  # the skipped step left the momentum alone too
 
 
 def test_float16_grad_scaler_runs_stop_at_the_nan_batch_and_skip_it_exactly(tmp_path, nan_at):
@@ -225,7 +217,7 @@ def test_float16_grad_scaler_runs_stop_at_the_nan_batch_and_skip_it_exactly(tmp_
     train(_cfg(tmp_path, "without", *fp16, "on_nonfinite=skip"))
     assert [r["skipped_steps"] for r in _records(tmp_path / "skipped")] == [0, 1]
     a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("skipped", "without"))
-    _assert_same(a["model"], b["model"])
+    assert_same_weights(a["model"], b["model"])
     assert a["grad_scaler"] == b["grad_scaler"]  # the skipped step left the scale alone
 
 
@@ -300,4 +292,4 @@ def test_torchrun_processes_take_the_same_decision(tmp_path, mode):
         assert out.returncode == 0, out.stdout + out.stderr
         records = _records(tmp_path / "ddp")
         assert [r["skipped_steps"] for r in records] == [0, 1]
-        _assert_finite(_weights(tmp_path / "ddp" / "last.pt"))
+        _assert_finite(checkpoint_weights(tmp_path / "ddp" / "last.pt"))

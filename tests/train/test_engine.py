@@ -12,22 +12,14 @@ import torch
 
 from recu.train import TrainConfig, load_checkpoint, train
 
-TINY = ["model=digits_cnn_1w1a", "dataset=digits", "batch_size=64", "eval_batch_size=500", "warmup_epochs=1",
-        "device=cpu", "progress=false", "monitor=true"]
+from _tiny import TINY_BASE, assert_same_weights, checkpoint_weights, tiny_config
+
+TINY = TINY_BASE + ["monitor=true"]
 
 
 def _cfg(tmp_path: Path, name: str, *extra: str) -> TrainConfig:
-    return TrainConfig.from_yaml(None, TINY + [f"out_dir={tmp_path}", f"name={name}", *extra])
+    return tiny_config(tmp_path, name, TINY, *extra)
 
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_two_epochs_equal_one_plus_resume_one(tmp_path):
@@ -35,7 +27,7 @@ def test_two_epochs_equal_one_plus_resume_one(tmp_path):
     assert straight["final_top1"] > 50  # it learns: 10 classes, chance is 10%
     train(_cfg(tmp_path, "split", "epochs=2"), stop_after=1)
     resumed = train(_cfg(tmp_path, "split", "epochs=2"), resume=True)
-    _assert_same(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "split" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "straight" / "last.pt"), checkpoint_weights(tmp_path / "split" / "last.pt"))
     assert resumed["final_top1"] == straight["final_top1"]
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # one record per epoch, none duplicated by the resume
@@ -85,7 +77,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     done = len(metrics.read_text().splitlines())
     assert 1 <= done < 3, "the run was meant to die mid-way"
     subprocess.run(_cli(tmp_path, "killed") + ["--resume"], env=env, check=True, capture_output=True, timeout=600)
-    _assert_same(_weights(tmp_path / "reference" / "last.pt"), _weights(tmp_path / "killed" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "reference" / "last.pt"), checkpoint_weights(tmp_path / "killed" / "last.pt"))
     assert len(metrics.read_text().splitlines()) == 3
 
 
@@ -104,7 +96,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
             args += ["--set", item]
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
-    a, b = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    a, b = checkpoint_weights(tmp_path / "one" / "last.pt"), checkpoint_weights(tmp_path / "two" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12, msg=k)  # float64 runs differ by ~1e-15
@@ -144,7 +136,7 @@ def test_time_limit_stops_after_the_last_epoch_that_fits_and_resume_finishes(tmp
                  time_limit=1000.0)
     assert not done["stopped_by_time_limit"] and done["last_epoch"] == 5
     straight = train(_cfg(tmp_path, "straight", "epochs=5"))
-    _assert_same(_weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "cut" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "straight" / "last.pt"), checkpoint_weights(tmp_path / "cut" / "last.pt"))
     assert done["final_top1"] == straight["final_top1"]
 
 

@@ -8,13 +8,13 @@ source, nor on the number of workers, nor on the number of processes.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ._batches import EpochBatching
 from .augment import (crop_flip, epoch_generator, normalize, normalize_coefficients, random_resized_boxes,
                       resized_crop_flip)
 from .folder import DecodedImages, worker_error_line
@@ -41,7 +41,7 @@ class _PlannedBatches:
             yield idx.tolist()
 
 
-class FolderLoader:
+class FolderLoader(EpochBatching):
     """Iterates ``(x, y)`` on ``device``: x float32 normalised (B, C, image_size, image_size), y int64.
 
     Training: each epoch a permutation of the whole set; ``batch_size`` is the global batch, rank
@@ -92,25 +92,10 @@ class FolderLoader:
             self._workers = DataLoader(images, batch_sampler=_PlannedBatches(self), num_workers=workers,
                                        pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
     @property
     def dataset_size(self) -> int:
+        """Samples in the whole data set (all ranks)."""
         return int(self.labels.shape[0])
-
-    def __len__(self) -> int:
-        if self.train:
-            return self.dataset_size // self.batch_size
-        return math.ceil(self.dataset_size / self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this loader yields per epoch on this rank."""
-        return len(self) * (self.batch_size // self.world_size) if self.train else self.dataset_size
 
     def epoch_plan(self, epoch: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
         """(order, crops, flips) of a training epoch for the whole data set, on the CPU: ``crops`` are

@@ -6,12 +6,12 @@ crops, flips and normalises it there (:mod:`recu.data.augment`).
 
 from __future__ import annotations
 
-import math
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from ._batches import EpochBatching
 from .augment import crop_flip, epoch_generator, normalize, normalize_coefficients
 
 __all__ = ["InMemoryLoader"]
@@ -19,7 +19,7 @@ __all__ = ["InMemoryLoader"]
 Device = Union[str, torch.device]
 
 
-class InMemoryLoader:
+class InMemoryLoader(EpochBatching):
     """Iterates ``(x, y)`` on ``device``: x float32 normalised (B, C, H, W), y int64 (B,).
 
     Training (``train=True``): each epoch is a permutation of the whole data set drawn from
@@ -96,33 +96,10 @@ class InMemoryLoader:
             raise ValueError(f"mean/std have {len(self.mean)} entries for {images.shape[1]} image channels")
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
-    @property
-    def local_batch_size(self) -> int:
-        """Samples per batch on this rank."""
-        return self.batch_size // self.world_size
-
     @property
     def dataset_size(self) -> int:
         """Samples in the whole data set (all ranks)."""
         return int(self.images.shape[0])
-
-    def __len__(self) -> int:
-        if self.train:
-            return self.dataset_size // self.batch_size
-        return math.ceil(self.dataset_size / self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this loader yields per epoch on this rank."""
-        if self.train:
-            return len(self) * self.local_batch_size
-        return self.dataset_size
 
     def epoch_plan(self, epoch: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
         """(order, offsets, flips) of a training epoch for the GLOBAL data set, on the CPU.
