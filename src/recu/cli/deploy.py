@@ -7,7 +7,12 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..deploy.bench_onnxruntime import OrtBaselines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(model, clock, avx2/avx512_vpopcntdq/amx_int8/bf16), the kernel path, the "
                                    "model's binary and float MACs, and per batch the latency (ms), the "
                                    "throughput (images/s), how many times faster the packed model is, and the "
-                                   "time its MACs take at the CPU's peak.")
+                                   "time its MACs take at the CPU's peak. --onnxruntime adds that twin in "
+                                   "onnxruntime FP32 and static INT8, what one deploys without binarisation.")
     b.add_argument("target", help="a deployment file, or a model name from `recu models` (random weights, "
                                   "or the shipped trained ones with --pretrained)")
     b.add_argument("--pretrained", action="store_true",
@@ -60,7 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "portable, else numpy)")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     b.add_argument("--no-fp-twin", action="store_true",
-                   help="skip the full-precision registry twin (e.g. resnet20_fp) as a baseline")
+                   help="skip the full-precision registry twin (e.g. resnet20_fp) as a PyTorch baseline")
+    b.add_argument("--onnxruntime", action="store_true",
+                   help="also time the full-precision twin in onnxruntime, FP32 and static INT8 (QDQ, per-channel "
+                        "weights; calibrated on CIFAR-10 test images from RECU_CIFAR10_DIR for 32x32 models, else "
+                        "on random images), in the same interleaved rounds, and print the file sizes and how many "
+                        "times faster the 1-bit model is (needs pip install 'recu-bnn[onnx]')")
+    b.add_argument("--calibration", type=int, default=32,
+                   help="--onnxruntime: calibration images for the INT8 model (default: 32)")
     b.add_argument("--fuse-float", action="store_true",
                    help="layers engine: fold BatchNorms into the full-precision convs too (faster; float rounding "
                         "differs)")
@@ -242,6 +255,8 @@ def _bench_without_torch(args: argparse.Namespace, path: "str | os.PathLike") ->
 
 
 def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
+    import torch
+
     from ..deploy import load
     from ..deploy.bench import engine_of, format_result, fp_twin, run_benchmark
 
@@ -249,10 +264,38 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
     # The layers engine of the same file gives the float twin, the agreement check and the per-layer table.
     layers = model if engine_of(model) == "layers" else load(path, impl=args.kernel, engine="layers")
     spec = model.metadata.get("model_spec") or {}
-    twin = None if args.no_fp_twin else fp_twin(spec)
-    res = run_benchmark(model, _bench_input_shape(args, spec, model.metadata), tuple(args.batch), threads=args.threads,
-                        repeat=args.repeat, use_compile=not args.no_compile, per_layer=args.per_layer or args.top > 0,
-                        layers=layers, baselines=dict([twin]) if twin else None)
-    print(f"recu bench {args.target}")
-    print(format_result(res, top=args.top))
+    twin = None if args.no_fp_twin and not args.onnxruntime else fp_twin(spec)
+    shape = _bench_input_shape(args, spec, model.metadata)
+    threads = args.threads or torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        ort, note = _onnxruntime_baselines(args, twin, shape, Path(tmp)) if args.onnxruntime else (None, None)
+        runners = None
+        if ort is not None:
+            from ..deploy.bench_onnxruntime import onnxruntime_runners
+
+            runners = onnxruntime_runners(ort, threads)
+        res = run_benchmark(model, shape, tuple(args.batch), threads=threads, repeat=args.repeat,
+                            use_compile=not args.no_compile, per_layer=args.per_layer or args.top > 0, layers=layers,
+                            baselines=dict([twin]) if twin and not args.no_fp_twin else None, runners=runners)
+        print(f"recu bench {args.target}")
+        print(format_result(res, top=args.top))
+        if ort is not None:
+            from ..deploy.bench_onnxruntime import format_comparison
+
+            print(format_comparison(res, ort, os.path.getsize(path)))
+    if note:
+        print(note)
     return 0
+
+
+def _onnxruntime_baselines(args: argparse.Namespace, twin: Optional[tuple[str, "nn.Module"]],
+                           shape: tuple[int, int, int], workdir: Path) -> tuple[Optional["OrtBaselines"], Optional[str]]:
+    """(the float twin's onnxruntime files, None), or (None, the line that says why there are none)."""
+    from ..deploy.bench_onnxruntime import missing_onnxruntime, prepare_onnxruntime
+
+    if twin is None:
+        return None, "onnxruntime baselines skipped: the model has no full-precision twin (recu.deploy.bench.fp_twin)"
+    missing = missing_onnxruntime()
+    if missing:
+        return None, missing
+    return prepare_onnxruntime(twin[0], twin[1], shape, workdir, calibration=args.calibration), None

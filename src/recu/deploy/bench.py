@@ -10,7 +10,9 @@ What is timed (:func:`run_benchmark`), every side with the same thread count:
   float32 PyTorch equivalent ``F.conv2d(sign(x), w_sign) * scale + bias`` (the same function, so the
   benchmark checks the logits agree; it isolates the binary convolutions) - and any model passed in
   ``baselines``, e.g. the full-precision registry twin (:func:`fp_twin`: ``resnet20_fp`` for
-  ``resnet20_1w1a``), which is what one would deploy without binarisation.
+  ``resnet20_1w1a``), which is what one would deploy without binarisation;
+- any other path given as a function of a numpy batch in ``runners``, e.g. that twin in onnxruntime
+  FP32 and INT8 (:mod:`recu.deploy.bench_onnxruntime`).
 
 Next to the measurements, the limit of the CPU (:func:`peak_times`): the model's multiply-accumulates
 (:func:`count_ops`: binary MACs of the binary layers, float MACs of the float convs and linear layers,
@@ -606,7 +608,8 @@ def _faster_layout(module: nn.Module, x: Tensor, repeat: int) -> str:
 def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: tuple[int, ...] = (1, 8, 64),
                   threads: Optional[int] = None, repeat: int = 20, use_compile: bool = True,
                   per_layer: bool = False, *, layers: Optional[PackedModel] = None,
-                  baselines: Optional[Mapping[str, nn.Module]] = None, twin: bool = True) -> BenchResult:
+                  baselines: Optional[Mapping[str, nn.Module]] = None, twin: bool = True,
+                  runners: Optional[Mapping[str, Callable[[np.ndarray], object]]] = None) -> BenchResult:
     """Time a deployed model against float baselines, each eager and under ``torch.compile``.
 
     Args:
@@ -622,6 +625,9 @@ def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: t
             per-layer table; defaults to ``model`` when that is a :class:`PackedModel`.
         baselines: more float models by label, e.g. ``{"resnet20_fp": fp}`` (:func:`fp_twin`).
         twin: time the float twin :func:`float_reference` (needs ``layers``).
+        runners: more paths by label, each called with the batch as a float32 NCHW numpy array, e.g.
+            onnxruntime sessions (:func:`recu.deploy.bench_onnxruntime.onnxruntime_runners`, made for
+            ``threads``); timed in the same interleaved rounds as the others.
     """
     batches = tuple(int(b) for b in batches)
     if not batches or min(batches) < 1:
@@ -653,7 +659,7 @@ def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: t
         res.baselines = list(floats)
         compiled = {label: torch.compile(m) for label, m in floats.items()} if use_compile else {}
         for b in batches:
-            res.timings[b] = _time_batch(model, engine, floats, compiled, b, input_shape, repeat, res)
+            res.timings[b] = _time_batch(model, engine, floats, compiled, b, input_shape, repeat, res, runners or {})
         if per_layer:
             _time_layers(layers, floats.get("float twin") or float_reference(layers), batches[0], input_shape,
                          repeat, res)
@@ -663,7 +669,8 @@ def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: t
 
 
 def _time_batch(model: DeployedModel, engine: str, floats: dict[str, nn.Module], compiled: dict[str, Any], b: int,
-                input_shape: tuple[int, ...], repeat: int, res: BenchResult) -> dict[str, Timing]:
+                input_shape: tuple[int, ...], repeat: int, res: BenchResult,
+                runners: Mapping[str, Callable[[np.ndarray], object]]) -> dict[str, Timing]:
     """One batch size's row of timings (and the agreement with the float twin)."""
     x = torch.randn(b, *input_shape)
     arg = x.numpy() if engine == "plan" else x  # the plan takes numpy as a deployment would
@@ -689,6 +696,9 @@ def _time_batch(model: DeployedModel, engine: str, floats: dict[str, nn.Module],
                 res.compile_errors[label] = _error_line(e)
                 continue
             fns[f"{label} compile"] = lambda fn=compiled[label], xr=xr: fn(xr)
+        xn = x.numpy()  # the same images, as a runtime outside PyTorch takes them
+        for label, run in runners.items():
+            fns[label] = lambda run=run: run(xn)
         for fn in fns.values():
             for _ in range(3):
                 fn()
