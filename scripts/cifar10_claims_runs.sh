@@ -14,7 +14,10 @@ cd "$(dirname "$0")/.."
 : "${RECU_CIFAR10_DIR:?point RECU_CIFAR10_DIR at cifar-10-batches-py}"
 LIMIT="${1:-2h25m}"
 OUT=docs/runs
-DEADLINE=$(( $(date +%s) + $(python -c "from recu.train.config import parse_duration as p; print(int(p('$LIMIT')))") ))
+command -v recu > /dev/null || { echo "recu is not on PATH: activate its environment (. .venv/bin/activate)"; exit 1; }
+SECONDS_LEFT=$("$(dirname "$(command -v recu)")/python" -c \
+  "from recu.train.config import parse_duration as p; print(int(p('$LIMIT')))")
+DEADLINE=$(( $(date +%s) + SECONDS_LEFT ))
 DTYPE=float32
 grep -q amx_bf16 /proc/cpuinfo && DTYPE=bfloat16
 TAU1="--set tau_schedule=constant --set tau_start=1.0"
