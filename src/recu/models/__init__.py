@@ -7,8 +7,6 @@ package registers every family, including the small quick-start networks of ``ti
 ReCU authors' own checkpoints.
 """
 
-# importing the families registers their models
-from . import cifar_resnet, imagenet_resnet, reactnet, tiny, torchvision_resnet, vgg  # noqa: F401
 from .authors import load_authors_checkpoint
 from .cifar_resnet import resnet18_1w1a, resnet18_fp, resnet20_1w1a, resnet20_fp
 from .imagenet_resnet import (
@@ -19,6 +17,7 @@ from .imagenet_resnet import (
 )
 from .reactnet import reactnet_resnet18, reactnet_resnet18_fp
 from .torchvision_resnet import from_torchvision_state_dict, resnet18_torchvision, resnet34_torchvision
+# .registry imports every family, so importing this package registers all their models
 from .registry import available, create, from_spec, is_binary, register
 from .vgg import vgg_small_1w1a, vgg_small_fp
 

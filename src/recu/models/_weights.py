@@ -1,24 +1,25 @@
-"""``create(name, pretrained=True)``: the registry model with the weights shipped in ``recu.pretrained``."""
+"""``create(name, pretrained=True)``'s input: the shipped checkpoint of a registry model (``recu.pretrained``).
+
+Only reads and checks the file; :mod:`.registry` builds the model from the checkpoint's spec, so this
+module needs no model family and the registry can import it.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
 import torch
-from torch import nn
 
 from .. import pretrained
 
 
-def build_pretrained(name: str, num_classes: Optional[int] = None, config: Any = None,
-                     kwargs: Optional[Mapping[str, Any]] = None) -> nn.Module:
-    """Rebuild ``name`` exactly as it was trained (its stored ``recu_spec``) and load the shipped weights.
+def pretrained_checkpoint(name: str, num_classes: Optional[int] = None, config: Any = None,
+                          kwargs: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The shipped checkpoint of ``name`` (``model`` state dict, ``model_spec`` it was trained as).
 
     The architecture comes from the shipped checkpoint, so arguments that would change it are
     refused: ``num_classes`` other than the trained one, any ``config``, any model option.
     """
-    from .registry import from_spec
-
     entry = pretrained.info(name)
     file = pretrained.path(name, "checkpoint")
     state = torch.load(file, map_location="cpu", weights_only=True)
@@ -29,6 +30,4 @@ def build_pretrained(name: str, num_classes: Optional[int] = None, config: Any =
     if config is not None or kwargs:
         raise ValueError(f"the pretrained {name!r} is built as it was trained; config= and model options "
                          f"cannot be combined with pretrained=True")
-    model = from_spec(spec)
-    model.load_state_dict(state["model"], strict=True)
-    return model
+    return state

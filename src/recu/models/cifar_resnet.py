@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..nn import BinaryConfig
 from ._common import ConvFactory, PadShortcut, conv_factory, kaiming_init_convs
-from .registry import register
+from ._registration import register
 
 __all__ = ["CifarResNet20", "CifarResNet18", "resnet20_1w1a", "resnet20_fp", "resnet18_1w1a", "resnet18_fp"]
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..nn import BinaryConfig
 from ._common import ConvFactory, conv_factory, fill_bn2d_gamma, kaiming_init_convs
-from .registry import register
+from ._registration import register
 
 __all__ = [
     "ImageNetResNet",

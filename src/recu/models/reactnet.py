@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..nn import BinaryConfig
 from ._common import ConvFactory, conv_factory
-from .registry import register
+from ._registration import register
 
 __all__ = ["LearnableBias", "ReActBlock", "ReActResNet18", "reactnet_resnet18", "reactnet_resnet18_fp", "stage_config"]
 

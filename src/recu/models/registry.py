@@ -1,113 +1,41 @@
-"""Model registry: build any architecture by name and remember how it was built.
+"""Model registry: build any architecture by name and rebuild a model from its ``recu_spec``.
 
-Every builder registered here is wrapped so that the model it returns carries
-``model.recu_spec = {"name", "num_classes", "kwargs", "config"}`` (docs/interfaces.md):
-``config`` is ``dataclasses.asdict`` of the binary config, at the top level next to
-``kwargs`` and present only for models with binary layers. A checkpoint or a 1-bit
-export stores that dict and ``create(**spec)`` rebuilds the model (a ``config`` found
-inside ``kwargs`` is accepted too).
+The families register their builders with :func:`register` (:mod:`._registration`, which imports no
+family); this module imports every family, so all names are registered before the first lookup. A
+checkpoint or a 1-bit export stores a model's ``recu_spec`` and ``create(**spec)`` rebuilds the model
+(a ``config`` found inside ``kwargs`` is accepted too).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import inspect
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union
+from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from ..nn import BinaryConfig
+# imported for their side effect: each family registers its models
+from . import cifar_resnet, imagenet_resnet, reactnet, tiny, torchvision_resnet, vgg  # noqa: F401
+from ._registration import REGISTRY, Builder, ConfigLike, register
+from ._weights import pretrained_checkpoint
 
 __all__ = ["register", "create", "available", "is_binary", "from_spec", "takes_in_channels"]
-
-Builder = Callable[..., nn.Module]
-F = TypeVar("F", bound=Builder)
-
-# name -> (wrapped builder, whether it has binary layers that take a BinaryConfig)
-_REGISTRY: dict[str, tuple[Builder, bool]] = {}
-
-ConfigLike = Union[BinaryConfig, Mapping[str, Any], None]
-
-
-def _as_config(config: ConfigLike) -> Optional[BinaryConfig]:
-    # A spec read back from a checkpoint holds the config as a plain dict.
-    if config is None or isinstance(config, BinaryConfig):
-        return config
-    if isinstance(config, Mapping):
-        return BinaryConfig(**dict(config))
-    raise TypeError(f"config must be a BinaryConfig or a dict of its fields, got {type(config).__name__}")
-
-
-def register(name: Optional[str] = None, *, binary: bool = True) -> Callable[[F], F]:
-    """Decorator adding a builder ``fn(num_classes=..., config=..., **kwargs) -> nn.Module``.
-
-    Args:
-        name: registry name; the function's name when omitted.
-        binary: the model has binary layers and uses ``config``. A full-precision model
-            accepts ``config`` (so callers can pass one uniformly) but ignores it, and its
-            spec has no ``config`` entry.
-
-    The returned function builds the model and attaches ``recu_spec``, whether it is
-    called directly or through :func:`create`; called directly, ``num_classes`` defaults
-    to the builder's own default (1000 for the ImageNet models).
-    """
-
-    def decorate(fn: F) -> F:
-        key = name or fn.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model name {key!r} is already registered")
-
-        param = inspect.signature(fn).parameters.get("num_classes")
-        if param is None:
-            raise TypeError(f"model builder {key!r} must take a num_classes argument")
-        default_classes = param.default if param.default is not inspect.Parameter.empty else 10
-
-        @functools.wraps(fn)
-        def build(num_classes: Optional[int] = None, config: ConfigLike = None, **kwargs: Any) -> nn.Module:
-            if num_classes is None:
-                num_classes = default_classes
-            if not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-            cfg = _as_config(config)
-            spec: dict[str, Any] = {"name": key, "num_classes": num_classes, "kwargs": dict(kwargs)}
-            if binary:
-                cfg = cfg or BinaryConfig()
-                model = fn(num_classes=num_classes, config=cfg, **kwargs)
-                spec["config"] = dataclasses.asdict(cfg)
-            else:
-                model = fn(num_classes=num_classes, **kwargs)
-            model.recu_spec = spec
-            return model
-
-        _REGISTRY[key] = (build, binary)
-        return build  # type: ignore[return-value]
-
-    return decorate
-
-
-def _ensure_loaded() -> None:
-    # The families register themselves when imported; importing the package does that.
-    from .. import models  # noqa: F401
 
 
 def available() -> list[str]:
     """Sorted names accepted by :func:`create`."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY)
 
 
 def is_binary(name: str) -> bool:
     """Whether the registered model ``name`` has binary layers."""
     _lookup(name)
-    return _REGISTRY[name][1]
+    return REGISTRY[name][1]
 
 
 def _lookup(name: str) -> Builder:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][0]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name][0]
 
 
 def create(name: str, num_classes: Optional[int] = None, config: ConfigLike = None, *, pretrained: bool = False,
@@ -142,10 +70,8 @@ def create(name: str, num_classes: Optional[int] = None, config: ConfigLike = No
 
         return create_user_model(name, num_classes, config, **kwargs)
     if pretrained:
-        from ._weights import build_pretrained
-
         _lookup(name)
-        return build_pretrained(name, num_classes, config, kwargs)
+        return _build_pretrained(name, num_classes, config, kwargs)
     nested = kwargs.pop("kwargs", None)
     if nested is not None:
         if not isinstance(nested, Mapping):
@@ -166,6 +92,15 @@ def from_spec(spec: Mapping[str, Any]) -> nn.Module:
         raise ValueError(f"model spec lacks {sorted(missing)}; got keys {sorted(spec)}")
     extra = {"binarize": spec["binarize"]} if "binarize" in spec else {}  # a user model's (recu.models.user)
     return create(spec["name"], spec["num_classes"], spec.get("config"), kwargs=dict(spec.get("kwargs") or {}), **extra)
+
+
+def _build_pretrained(name: str, num_classes: Optional[int], config: ConfigLike,
+                      kwargs: Mapping[str, Any]) -> nn.Module:
+    # the shipped checkpoint's own spec gives the architecture; its weights then load exactly
+    state = pretrained_checkpoint(name, num_classes, config, kwargs)
+    model = from_spec(state["model_spec"])
+    model.load_state_dict(state["model"], strict=True)
+    return model
 
 
 def takes_in_channels(name: str) -> bool:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..nn import BinaryConfig, ReCULinear
 from ._common import conv_factory, kaiming_init_convs
-from .registry import register
+from ._registration import register
 
 
 class DigitsCNN(nn.Module):

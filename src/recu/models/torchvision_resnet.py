@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from .registry import register
+from ._registration import register
 
 __all__ = [
     "TorchvisionBasicBlock",

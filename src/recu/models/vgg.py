@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..nn import BinaryConfig
 from ._common import conv_factory
-from .registry import register
+from ._registration import register
 
 __all__ = ["VGGSmall", "vgg_small_1w1a", "vgg_small_fp"]
 

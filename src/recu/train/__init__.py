@@ -3,10 +3,10 @@ schedule and dead-weight monitor for a user's own loop (:class:`ReCUCallback`, a
 ``recu.train.lightning.ReCULightningCallback`` for PyTorch Lightning)."""
 
 from .callback import ReCUCallback
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .divergence import TrainingDiverged
-from .engine import Trainer, evaluate, lr_factor, model_from_checkpoint, param_groups, train
+from .engine import Trainer, evaluate, lr_factor, param_groups, train
 
 __all__ = [
     "TrainConfig",

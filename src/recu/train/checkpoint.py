@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read without executing code, checked against the model."""
+"""Checkpoints: written atomically, read without executing code, checked against the model or rebuilt from its spec."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torch import nn
 
 from .._errors import error_line
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "rng_state", "set_rng_state", "error_line"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "model_from_checkpoint", "rng_state",
+           "set_rng_state", "error_line"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -65,6 +66,18 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
             parts.append(f"shape mismatches {mismatched[:5]}")
         raise ValueError(f"{source} is incompatible with the model {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes (``model_spec``) and load its weights."""
+    from ..models import from_spec  # on first use: reading a checkpoint's weights needs no model zoo
+
+    spec = state.get("model_spec")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{source} has no model_spec: it was not written by recu train")
+    model = from_spec(spec)
+    load_model_state(model, state["model"], source)
+    return model
 
 
 def rng_state() -> dict[str, Any]:

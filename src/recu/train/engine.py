@@ -32,8 +32,7 @@ _clock = time.monotonic
 # TrainConfig.amp -> the autocast dtype of the training step
 _AMP_DTYPES: dict[str, Optional[torch.dtype]] = {"off": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["train", "Trainer", "TrainingDiverged", "lr_factor", "param_groups", "evaluate", "build_model",
-           "model_from_checkpoint"]
+__all__ = ["train", "Trainer", "TrainingDiverged", "lr_factor", "param_groups", "evaluate", "build_model"]
 
 
 LR_SCHEDULES = ("cosine", "cosine_after_warmup", "constant")
@@ -130,18 +129,6 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: Optional[int] =
     if in_channels is not None and "in_channels" not in kwargs and takes_in_channels(cfg.model):
         kwargs["in_channels"] = in_channels
     return create(cfg.model, num_classes=num_classes, config=binary, **kwargs)
-
-
-def model_from_checkpoint(state: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild the model a checkpoint describes (``model_spec``) and load its weights."""
-    from ..models import from_spec
-
-    spec = state.get("model_spec")
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"{source} has no model_spec: it was not written by recu train")
-    model = from_spec(spec)
-    load_model_state(model, state["model"], source)
-    return model
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ def load_teacher(path: Union[str, os.PathLike]) -> nn.Module:
         ValueError: the file is neither (one line saying what it holds).
     """
     from ..models import from_torchvision_state_dict
-    from .engine import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
 
     source = f"teacher {os.fspath(path)}"
     if not Path(path).is_file():
