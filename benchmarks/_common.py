@@ -2,7 +2,7 @@
 exported and loaded as a deployment would, timed against its full-precision registry twin.
 
 The measuring, the CPU description, the op counts and the peak model live in
-:mod:`recu.deploy.bench`; this file only parses the command line and loops over thread counts.
+:mod:`recu.cli.bench`; this file only parses the command line and loops over thread counts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 from recu import models
 from recu.deploy import export, load
-from recu.deploy.bench import engine_of, format_result, format_summary, fp_twin, run_benchmark
+from recu.cli.bench import engine_of, format_result, format_summary, fp_twin, run_benchmark
 
 # (kernel path most binary layers run, threads) -> the issue's minimum batch-1 ratio, or None.
 TargetFn = Callable[[Optional[str], int], Optional[float]]

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from recu import functional as RF
-from recu.deploy import kernels as K
-from recu.deploy import pack as P
-from recu.deploy.bench import time_call
+from recu.deploy.runtime import kernels as K
+from recu.deploy.runtime import pack as P
+from recu.cli.bench import time_call
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
@@ -84,7 +84,7 @@ def bench_shape(c: int, hw: int, threads: int, repeat: int, kernels: list[str], 
                             repeat, min_time=0.3).median
         row[kernel] = {"ms": t_layer * 1e3, "ratio": t_float / t_layer, "mac_per_cycle": macs / (t_layer * cycles)}
         if kernel != "amx":
-            a = P.pack_activations(xc, kernel)
+            a = K.pack_activations(xc, kernel)
             t_kernel = time_call(lambda: K.binary_conv2d(a, weights, 1, 1, impl=kernel, epilogue=epi, out=out),
                                  repeat, min_time=0.3).median
             row[kernel]["kernel_ms"] = t_kernel * 1e3

@@ -11,7 +11,7 @@ and on one without); the AVX2 path (``NUMBA_CPU_NAME=haswell ... --kernel avx2``
 
 Each line is printed next to the CPU's limit: the model's MACs (counted from the exported graph) at
 the peak rate of each binary layer's kernel path and of float32 FMA, at the nominal clock
-(``recu.deploy.bench``; docs/deploy.md).
+(``recu.cli.bench``; docs/deploy.md).
 
     python benchmarks/deploy_resnet.py [--threads 1 2] [--batch 1 8 64] [--repeat 20] [--no-compile]
         [--engine plan|layers] [--kernel amx|avx512|avx2|portable] [--float-twin] [--per-layer] [--fuse-float]

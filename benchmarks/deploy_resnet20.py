@@ -8,7 +8,7 @@ batch 1: at least 10x faster than the faster float on 1 thread, at least 8x on 2
 
 Each line is printed next to the CPU's limit: the model's MACs (counted from the exported graph)
 at the peak rate of each binary layer's kernel path and of float32 FMA, at the nominal clock
-(``recu.deploy.bench``; docs/deploy.md).
+(``recu.cli.bench``; docs/deploy.md).
 
     python benchmarks/deploy_resnet20.py [--threads 1 2] [--batch 1 8 64] [--repeat 20] [--no-compile]
         [--engine plan|layers] [--kernel amx|avx512|avx2|portable] [--float-twin] [--per-layer]

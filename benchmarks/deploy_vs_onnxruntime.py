@@ -6,7 +6,7 @@ and loaded as a deployment would (the compiled plan), the full-precision twin (`
 timed in PyTorch float32 (eager, and ``torch.compile`` unless ``--no-compile``), in onnxruntime FP32 and
 in onnxruntime static INT8 (QDQ, int8 per-channel weights, uint8 activations; calibrated on CIFAR-10
 test images from RECU_CIFAR10_DIR for ResNet-20, else on random images). All paths run in interleaved
-rounds in one process with the same thread count (``recu.deploy.bench``; docs/deploy.md, "Against
+rounds in one process with the same thread count (``recu.cli.bench``; docs/deploy.md, "Against
 onnxruntime FP32 and INT8").
 
     python benchmarks/deploy_vs_onnxruntime.py [--model resnet20_1w1a ...] [--threads 1 2] [--batch 1 8 64]
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from recu import models
 from recu.deploy import export, load
-from recu.deploy.bench import cpu_info, format_result, fp_twin, run_benchmark
-from recu.deploy.bench_onnxruntime import (format_comparison, int8_config, missing_onnxruntime, onnxruntime_runners,
+from recu.cli.bench import cpu_info, format_result, fp_twin, run_benchmark
+from recu.cli.bench_onnxruntime import (format_comparison, int8_config, missing_onnxruntime, onnxruntime_runners,
                                            prepare_onnxruntime)
-from recu.deploy.onnx_export import default_input_shape
+from recu.deploy.exporter.onnx_export import default_input_shape
 
 
 def parse_args() -> argparse.Namespace:

@@ -41,10 +41,11 @@ def main() -> None:
 
     import numba
 
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy._amx_kernels import TILE_CONFIG, request_amx
-    from recu.deploy.fileio import read_metadata, read_tensors
-    from recu.deploy.plan import build_plan
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime.kernels.amx import TILE_CONFIG
+    from recu.deploy.runtime.kernels.cpu import request_amx
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.plan import build_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _model_file(args.target, tmp)

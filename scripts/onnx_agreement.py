@@ -31,7 +31,7 @@ def main() -> None:
     from recu import models
     from recu.data import build_test_loader
     from recu.deploy import export_onnx
-    from recu.deploy.onnx_export import onnxruntime_session
+    from recu.deploy.exporter.onnx_export import onnxruntime_session
 
     model = models.create("resnet20_1w1a", pretrained=True).eval()
     with tempfile.TemporaryDirectory() as tmp:

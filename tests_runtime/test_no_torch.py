@@ -38,10 +38,10 @@ def test_torch_is_not_installed() -> None:
 def test_recu_and_its_runtime_import_without_torch() -> None:
     import recu
     import recu.deploy
-    import recu.deploy.fileio
-    import recu.deploy.kernels
+    import recu.deploy.runtime.fileio
+    import recu.deploy.runtime.kernels
     import recu.deploy.loader
-    import recu.deploy.pack
+    import recu.deploy.runtime.pack
 
     assert recu.__version__
     assert set(recu.__all__) <= set(dir(recu))

@@ -26,9 +26,9 @@ def missing_torch(what: str) -> ModuleNotFoundError:
 class _ShadowingPackage(types.ModuleType):
     """A package module in which some names are both a submodule and a function of that submodule.
 
-    ``recu.summary`` (the function of ``recu/summary.py``) and ``recu.deploy.export`` (the function of
-    ``recu/deploy/export.py``) have always been the functions. The import system binds a submodule to
-    its package's attribute after running it, whoever imports it and whenever; this keeps the function.
+    ``recu.summary`` (the function of ``recu/summary.py``) and ``recu.deploy.exporter.export`` (the function
+    of ``recu/deploy/exporter/export.py``) are the functions. The import system binds a submodule to its
+    package's attribute after running it, whoever imports it and whenever; this keeps the function.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -31,7 +31,7 @@ def randomize(model: nn.Module, seed: int = 1) -> nn.Module:
 
 
 def fixed_order_logits(model: nn.Module, x: "np.ndarray | torch.Tensor") -> np.ndarray:
-    """``model``'s float32 output with its float convs summed in the plan's order (recu.deploy.fixed_order).
+    """``model``'s float32 output with its float convs summed in the plan's order (recu.deploy.exporter.fixed_order).
 
     PyTorch's own convs sum in an order oneDNN picks per CPU; where a value so computed sits within
     rounding of a binary activation's 0, the plan and PyTorch can take different signs on one CPU and
@@ -39,7 +39,7 @@ def fixed_order_logits(model: nn.Module, x: "np.ndarray | torch.Tensor") -> np.n
     exact +-1 sums, elementwise ops, pools - do not depend on the CPU); only the final linear layer
     rounds differently, which the logit tolerance covers.
     """
-    from recu.deploy.fixed_order import fixed_order_float_convs
+    from recu.deploy.exporter.fixed_order import fixed_order_float_convs
 
     with torch.no_grad():
         return fixed_order_float_convs(model)(torch.as_tensor(x)).numpy()

@@ -15,8 +15,8 @@ import torch
 from recu import models
 from recu.cli import main
 from recu.deploy import export, load
-from recu.deploy import bench_onnxruntime as bo
-from recu.deploy.bench import CpuInfo, Timing, run_benchmark
+from recu.cli import bench_onnxruntime as bo
+from recu.cli.bench import CpuInfo, Timing, run_benchmark
 
 
 def needs_onnxruntime() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recu.deploy import DeployFileError, export, load, read_metadata, read_tensors
-from recu.deploy.validate import check_file
+from recu.deploy.runtime.validate import check_file
 from recu.models import create
 
 NAMES = [f"class_{i}" for i in range(10)]

@@ -9,7 +9,8 @@ import torch
 
 from recu import models
 from recu.cli import main
-from recu.deploy import bench, export, load
+from recu.cli import bench
+from recu.deploy import export, load
 from recu.nn import ReCUConv2d
 
 from ._helpers import assert_same_logits, fixed_order_logits

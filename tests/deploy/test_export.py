@@ -14,7 +14,7 @@ from torch import nn
 from recu import ReCUConv2d, binary_layers, models
 from recu import functional as RF
 from recu.deploy import PackedConv2d, export, load, read_metadata
-from recu.deploy.kernels import has_amx, has_vpopcntdq, numba_available
+from recu.deploy.runtime.kernels import has_amx, has_vpopcntdq, numba_available
 
 from ._helpers import assert_same_logits, fixed_order_logits, randomize
 
@@ -200,7 +200,7 @@ def test_numpy_reference_path_runs_the_whole_network(tmp_path: Path) -> None:
 def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import threads as nk
 
     monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every kernel on numba's worker threads
     model = randomize(models.create("resnet20_1w1a"))

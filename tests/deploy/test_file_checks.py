@@ -1,4 +1,4 @@
-"""A deployment file is checked before anything runs it (recu.deploy.validate).
+"""A deployment file is checked before anything runs it (recu.deploy.runtime.validate).
 
 A small network using every graph op is exported once; hypothesis then mutates the file hundreds of
 ways (metadata fields, graph order and names, tensor shapes and dtypes, missing and extra tensors). Each
@@ -27,11 +27,11 @@ from torch import nn
 from recu import ReCUConv2d
 from recu.cli import main
 from recu.deploy import DeployFileError, export, load, read_metadata, read_tensors
-from recu.deploy.fileio import METADATA_KEY
-from recu.deploy.graph import OPS as GRAPH_OPS
-from recu.deploy.graph_numpy import run_graph
-from recu.deploy.kernels import numba_available
-from recu.deploy.validate import OPS, check_file
+from recu.deploy.runtime.fileio import METADATA_KEY
+from recu.deploy.exporter.graph import OPS as GRAPH_OPS
+from recu.deploy.runtime.graph_numpy import run_graph
+from recu.deploy.runtime.kernels import numba_available
+from recu.deploy.runtime.validate import OPS, check_file
 from recu.models._common import PadShortcut
 from recu.models.reactnet import LearnableBias
 from recu.nn import ReCULinear

@@ -1,4 +1,4 @@
-"""The compiled plan's float kernels (recu.deploy._float_kernels) against PyTorch / float64 references.
+"""The compiled plan's float kernels (recu.deploy.runtime.kernels.float_ops) against PyTorch / float64 references.
 
 Every kernel runs in both variants (``name``: numba parallel, ``name_serial``); activations are
 NHWC arrays, references are computed on the NCHW tensors. Exact kernels are compared bit for bit
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("numba")
 
-from recu.deploy import _float_kernels as FK  # noqa: E402
-from recu.deploy.fma_numpy import conv2d_fma_chain  # noqa: E402
+from recu.deploy.runtime.kernels import float_ops as FK  # noqa: E402
+from recu.deploy.runtime.fma_numpy import conv2d_fma_chain  # noqa: E402
 
 VARIANTS = ["parallel", "serial"]
 
@@ -135,7 +135,7 @@ def assert_within_summation_bound(got: torch.Tensor, x: torch.Tensor, weight: to
 def test_conv2d_is_the_fma_chain_bit_for_bit(case: tuple, variant: str) -> None:
     """conv2d_nhwc sums each output as one float32 fma chain over (kh, kw, c) from 0 - on every CPU, since
     the chain is the kernel's own (llvm.fma, one rounding a step). The reference is that chain emulated
-    with exact float64 steps (recu.deploy.fma_numpy), itself checked against the float64 convolution."""
+    with exact float64 steps (recu.deploy.runtime.fma_numpy), itself checked against the float64 convolution."""
     x, weight = conv_inputs(case, seed=7)
     s, p = case[6], case[7]
     want = fma_chain(x, weight, s, p)
@@ -219,7 +219,7 @@ def eval_batchnorm(c: int, seed: int) -> torch.nn.BatchNorm2d:
 
 
 def batchnorm_scale_shift(bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
-    """a = gamma * rsqrt(var + eps), b = fma(-mean, a, beta), as recu.deploy.export._epilogue builds them."""
+    """a = gamma * rsqrt(var + eps), b = fma(-mean, a, beta), as recu.deploy.exporter.packable.epilogue_vectors builds them."""
     a = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps)
     b = (bn.bias.detach().double() - bn.running_mean.double() * a.double()).float()
     return a.contiguous().numpy(), b.contiguous().numpy()
@@ -407,7 +407,7 @@ def test_nchw_to_nhwc_and_pad_channels(variant: str) -> None:
 
 def test_module_imports_without_torch() -> None:
     # The compiled plan must run where torch is not installed: block it and import the kernels.
-    code = "import sys\nsys.modules['torch'] = None\nimport recu.deploy._float_kernels\n"
+    code = "import sys\nsys.modules['torch'] = None\nimport recu.deploy.runtime.kernels.float_ops\n"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert res.returncode == 0, res.stderr[-2000:]

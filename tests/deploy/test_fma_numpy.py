@@ -1,4 +1,4 @@
-"""recu.deploy.fma_numpy: a correctly rounded float32 fma from float64 steps, checked with exact rationals."""
+"""recu.deploy.runtime.fma_numpy: a correctly rounded float32 fma from float64 steps, checked with exact rationals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from recu.deploy.fma_numpy import conv2d_fma_chain, fma32
+from recu.deploy.runtime.fma_numpy import conv2d_fma_chain, fma32
 
 
 def round_to_float32(value: Fraction) -> np.float32:

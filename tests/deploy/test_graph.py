@@ -18,8 +18,8 @@ from torch import nn
 
 from recu import BinaryConfig, ReCUConv2d, models
 from recu.deploy import export, load, read_metadata
-from recu.deploy.graph import graph_tensor_keys
-from recu.deploy.graph_numpy import run_graph
+from recu.deploy.exporter.graph import graph_tensor_keys
+from recu.deploy.runtime.graph_numpy import run_graph
 from recu.models._common import PadShortcut
 from recu.models.reactnet import LearnableBias
 from recu.nn import ReCULinear
@@ -329,7 +329,7 @@ sys.meta_path.insert(0, NoTorch())
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file
-from recu.deploy.graph_numpy import run_graph
+from recu.deploy.runtime.graph_numpy import run_graph
 path, x_path, out_path = sys.argv[1:4]
 with safe_open(path, framework="np") as f:
     meta = json.loads(f.metadata()["recu_deploy"])

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recu import functional as RF
-from recu.deploy import kernels as K
-from recu.deploy import pack as P
+from recu.deploy.runtime import kernels as K
+from recu.deploy.runtime import pack as P
 
 COMPILED = []
 if K.numba_available():
@@ -44,7 +44,7 @@ def run(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, impl: str) 
 def run_packed(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, impl: str) -> np.ndarray:
     """From already packed activations (``amx`` unpacks them to int8 first)."""
     weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), w.shape[1])
-    return K.binary_conv2d(P.pack_activations(x, impl), weights, stride, padding, impl=impl)
+    return K.binary_conv2d(K.pack_activations(x, impl), weights, stride, padding, impl=impl)
 
 
 CASES = [  # (C_in, C_out, k, stride, padding, H, W)
@@ -67,7 +67,7 @@ def threading_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if request.param == "threads":
         if not K.numba_available():
             pytest.skip("numba not installed")
-        from recu.deploy import _numba_kernels as nk
+        from recu.deploy.runtime.kernels import threads as nk
 
         monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)
         K.set_num_threads(2)
@@ -95,7 +95,7 @@ def test_kernel_exact(impl: str, case: tuple, threading_mode: str) -> None:
 def test_amx_bit_tiles_exact(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     # Layers past INT8_WEIGHT_BYTES keep 1 bit per weight and expand each B tile in the kernel;
     # the tests' layers are small, so force that path.
-    from recu.deploy import _amx_kernels as ak
+    from recu.deploy.runtime.kernels import amx as ak
 
     monkeypatch.setattr(ak, "INT8_WEIGHT_BYTES", 0)
     c, o, k, s, p, h, w_ = case
@@ -121,7 +121,7 @@ def test_channels_last_input_and_border_values(impl: str, threading_mode: str) -
 def test_affine_output(impl: str, o: int) -> None:
     x, w = torch.randn(2, 40, 9, 10), torch.randn(o, 40, 3, 3)
     weights = K.PackedConvWeights(P.pack_weights(w), 40)
-    a = P.pack_activations(x, impl)
+    a = K.pack_activations(x, impl)
     scale = np.random.default_rng(0).normal(size=o).astype(np.float32)
     bias = np.random.default_rng(1).normal(size=o).astype(np.float32)
     dot = K.binary_conv2d(a, weights, 2, 1, impl=impl)
@@ -249,7 +249,7 @@ def test_kernel_threads_leave_torch_thread_count_alone() -> None:
     code = (
         "import torch, numpy as np\n"
         "torch.set_num_threads(1)\n"
-        "from recu.deploy import kernels as K, pack as P\n"
+        "from recu.deploy.runtime import kernels as K, pack as P\n"
         "K.set_num_threads(2)\n"
         "w = K.PackedConvWeights(P.pack_weights(torch.randn(64, 64, 3, 3)), 64)\n"
         "K.binary_conv2d_float(torch.randn(1, 64, 40, 40), w, 1, 1)\n"
@@ -269,7 +269,7 @@ def test_forked_child_on_one_thread_runs_the_kernels() -> None:
     # hangs, PyTorch's own ops included); on one thread, as DataLoader workers run, it must work.
     code = (
         "import os, torch, numpy as np\n"
-        "from recu.deploy import kernels as K, pack as P\n"
+        "from recu.deploy.runtime import kernels as K, pack as P\n"
         "torch.set_num_threads(2); K.set_num_threads(2)\n"
         "w = K.PackedConvWeights(P.pack_weights(torch.randn(64, 64, 3, 3)), 64)\n"
         "x = torch.randn(1, 64, 40, 40)\n"
@@ -286,9 +286,9 @@ def test_forked_child_on_one_thread_runs_the_kernels() -> None:
 
 
 def test_layer_kernel_auto_sends_narrow_layers_to_popcount(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(K, "has_amx", lambda: True)
-    monkeypatch.setattr(K, "has_vpopcntdq", lambda: True)
-    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_amx", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_vpopcntdq", lambda: True)
+    monkeypatch.setattr(K.cpu, "numba_available", lambda: True)
     monkeypatch.delenv(K.ENV_VAR, raising=False)
     assert K.layer_kernel(None, 16) == "avx512"
     assert K.layer_kernel("auto", 63) == "avx512"
@@ -296,12 +296,12 @@ def test_layer_kernel_auto_sends_narrow_layers_to_popcount(monkeypatch: pytest.M
     assert K.layer_kernel("amx", 16) == "amx"  # an explicit choice is kept
     monkeypatch.setenv(K.ENV_VAR, "amx")
     assert K.layer_kernel(None, 16) == "amx"
-    monkeypatch.setattr(K, "has_vpopcntdq", lambda: False)
+    monkeypatch.setattr(K.cpu, "has_vpopcntdq", lambda: False)
     assert K.layer_kernel("auto", 16) == "amx"  # amx beats the portable kernel anywhere
 
 
 def test_unavailable_kernel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(K, "has_amx", lambda: False)
+    monkeypatch.setattr(K.cpu, "has_amx", lambda: False)
     with pytest.raises(RuntimeError, match="AMX-INT8"):
         K.resolve_kernel("amx")
 
@@ -317,7 +317,7 @@ def test_fast_kernel_emits_vpopcntq_zmm() -> None:
 
 
 def test_auto_prefers_amx_then_avx512_then_avx2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.setattr(K.cpu, "numba_available", lambda: True)
     monkeypatch.delenv(K.ENV_VAR, raising=False)
     for amx, vpopcntdq, avx2, want in [
         (True, True, True, "amx"),
@@ -325,23 +325,23 @@ def test_auto_prefers_amx_then_avx512_then_avx2(monkeypatch: pytest.MonkeyPatch)
         (False, False, True, "avx2"),   # AMD before Zen 4, most laptops
         (False, False, False, "portable"),
     ]:
-        monkeypatch.setattr(K, "has_amx", lambda v=amx: v)
-        monkeypatch.setattr(K, "has_vpopcntdq", lambda v=vpopcntdq: v)
-        monkeypatch.setattr(K, "has_avx2", lambda v=avx2: v)
+        monkeypatch.setattr(K.cpu, "has_amx", lambda v=amx: v)
+        monkeypatch.setattr(K.cpu, "has_vpopcntdq", lambda v=vpopcntdq: v)
+        monkeypatch.setattr(K.cpu, "has_avx2", lambda v=avx2: v)
         assert K.resolve_kernel() == want
         assert K.resolve_kernel("auto") == want
-    monkeypatch.setattr(K, "has_avx2", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_avx2", lambda: True)
     assert K.resolve_kernel("avx2") == "avx2"  # explicit, on a CPU with AVX2
     monkeypatch.setenv(K.ENV_VAR, "AVX2")
     assert K.resolve_kernel() == "avx2"
 
 
 def test_avx2_refused_without_avx2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(K, "numba_available", lambda: True)
-    monkeypatch.setattr(K, "has_avx2", lambda: False)
+    monkeypatch.setattr(K.cpu, "numba_available", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_avx2", lambda: False)
     with pytest.raises(RuntimeError, match="AVX2"):
         K.resolve_kernel("avx2")
-    monkeypatch.setattr(K, "numba_available", lambda: False)
+    monkeypatch.setattr(K.cpu, "numba_available", lambda: False)
     with pytest.raises(RuntimeError, match="numba"):
         K.resolve_kernel("avx2")
 
@@ -386,14 +386,14 @@ def test_avx2_portable_widening_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     # 90 words per output, so byte lanes are widened mid-row as well as at the end.
     from numba import njit
 
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import popcount_avx2 as nk
 
     monkeypatch.setattr(nk, "target_has_avx2", lambda: False)
-    twin = njit(cache=False)(nk._conv_avx2_row.py_func)
+    twin = njit(cache=False)(nk.conv_avx2_row.py_func)
     c, o, h, w_ = 600, 12, 5, 9
     x, w = torch.randn(2, c, h, w_), torch.randn(o, c, 3, 3)
     weights = K.PackedConvWeights(P.pack_weights(RF.sign(w)), c)
-    a = P.pack_activations(x, "numpy")
+    a = K.pack_activations(x, "numpy")
     out = np.zeros((2, h, w_, o), np.int32)
     for r in range(2 * h):
         twin(r, a.reshape(-1), weights.blocked_avx2().reshape(-1), h, w_, a.shape[3], 3, 3, c, o, 1, 1, 1, 1,
@@ -409,7 +409,7 @@ def test_avx2_kernel_emits_nibble_lookup_for_haswell(tmp_path: "os.PathLike[str]
     # AVX-512). NUMBA_CPU_FEATURES must be set too (empty: the CPU's own features): with the name
     # alone numba keeps the host's feature list, AVX-512 included.
     code = (
-        "from recu.deploy import kernels as K\n"
+        "from recu.deploy.runtime import kernels as K\n"
         "lines = K.avx2_kernel_asm().splitlines()\n"
         "count = lambda *words: sum(all(w in l for w in words) for l in lines)\n"
         "print(count('vpshufb', 'ymm'), count('vpsadbw', 'ymm'), count('zmm'), count('vpopcnt'))\n"

@@ -26,7 +26,7 @@ pytest.importorskip("onnxscript")
 from recu import BinaryConfig, ReCUConv1d, ReCUConv2d, ReCULinear, models  # noqa: E402
 from recu.cli import main  # noqa: E402
 from recu.deploy import export_onnx  # noqa: E402
-from recu.deploy.onnx_export import DEFAULT_OPSET, default_input_shape, onnxruntime_session  # noqa: E402
+from recu.deploy.exporter.onnx_export import DEFAULT_OPSET, default_input_shape, onnxruntime_session  # noqa: E402
 
 from ._helpers import dyadic, make_float_convs_exact, randomize  # noqa: E402
 

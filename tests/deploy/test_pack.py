@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from recu import functional as RF
-from recu.deploy import pack as P
-from recu.deploy.kernels import numba_available
+from recu.deploy.runtime import kernels as K
+from recu.deploy.runtime import pack as P
+from recu.deploy.runtime.kernels import numba_available
 
 CHANNELS = [1, 3, 63, 64, 65, 130]
 COMPILED = ["portable"] if numba_available() else []
@@ -55,7 +56,7 @@ def test_weight_layout() -> None:
 def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bool, min_work,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     if min_work is not None and impl != "numpy":  # force numba's worker threads on a small input
-        from recu.deploy import _numba_kernels as nk
+        from recu.deploy.runtime.kernels import threads as nk
 
         monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", min_work)
     x = torch.randn(2, c, 5, 4)
@@ -64,7 +65,7 @@ def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bo
     x[1, -1, 2, 2] = float("nan")  # NaN: -1, as RF.sign
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    got = P.pack_activations(x, impl)
+    got = K.pack_activations(x, impl)
     want = P.pack_signs_numpy(RF.sign(x).permute(0, 2, 3, 1))
     assert np.array_equal(got, want)
 
@@ -75,7 +76,7 @@ def test_pack_activations_matches_reference(impl: str, c: int, channels_last: bo
 def test_plan_packer_of_flat_nhwc_matches_reference(c: int, parallel: bool) -> None:
     # The compiled plan packs each binary conv's float NHWC input with pack_nhwc: full words and the
     # partial last word by vector compares, the tensor's last pixels (no 64 floats left) scalar.
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import packing as nk
 
     x = torch.randn(2, 5, 4, c)
     x[0, 0, 0] = 0.0

@@ -1,4 +1,4 @@
-"""The compiled whole-network plan (recu.deploy.plan): same logits as PyTorch on every kernel path."""
+"""The compiled whole-network plan (recu.deploy.runtime.plan): same logits as PyTorch on every kernel path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from recu import models
 from recu.deploy import export, load
-from recu.deploy.kernels import has_amx, has_avx2, has_vpopcntdq, numba_available
+from recu.deploy.runtime.kernels import has_amx, has_avx2, has_vpopcntdq, numba_available
 
 from ._helpers import assert_same_logits, fixed_order_logits, randomize
 
@@ -99,8 +99,8 @@ def test_layers_engine_is_the_reference(tmp_path: Path) -> None:
 
 def test_arena_reuses_buffers(tmp_path: Path) -> None:
     """Buffers of dead values are reused: ResNet-20's arena holds a few activations, not all ~50."""
-    from recu.deploy.fileio import read_metadata, read_tensors
-    from recu.deploy.plan import build_plan
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.plan import build_plan
 
     _, path = _exported(tmp_path, "resnet20_1w1a", 32)
     plan = build_plan(read_metadata(path), read_tensors(path), (1, 3, 32, 32), impl="portable")
@@ -125,7 +125,7 @@ def test_every_registry_model_runs_as_a_plan(tmp_path: Path, name: str) -> None:
 def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import threads as nk
 
     monkeypatch.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every kernel on numba's worker threads
     _, path = _exported(tmp_path, "resnet20_1w1a", 32)
@@ -137,25 +137,47 @@ def test_concurrent_calls_from_python_threads(tmp_path: Path, monkeypatch: pytes
     assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
 
 
-def test_stale_kernel_cache_is_flushed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """numba validates a cached function against its own file only; the kernels' cache is flushed when
-    any of the compiled-kernel sources changed (a changed stamp empties every kernel's cache index)."""
-    from recu.deploy import _float_kernels as fk
-    from recu.deploy import _plan_kernels as pk
+def test_stale_kernel_cache_is_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba validates a cached function against its own file only; the kernels' cached functions are dropped
+    when any source file of the kernels folder changed (its stamp differs), those of other files kept."""
+    from recu.deploy.runtime.kernels import cache
+    from recu.deploy.runtime.kernels import float_ops as fk
+    from recu.deploy.runtime.kernels import plan_exec as pk
 
-    pk.ensure_fresh_cache()
-    cache = fk.conv2d_nhwc_serial._cache
-    stamp = Path(cache._cache_path) / pk._STAMP_FILE
-    assert stamp.read_text() == pk.source_stamp()
-    stamp.write_text("an older source")
-    flushed = []
-    monkeypatch.setattr(type(cache), "flush", lambda self: flushed.append(self))
-    monkeypatch.setattr(pk, "_FRESH", False)
-    pk.ensure_fresh_cache()
-    assert cache in flushed and pk.run_plan._cache in flushed
-    assert stamp.read_text() == pk.source_stamp()
-    pk.ensure_fresh_cache()  # once per process
-    assert flushed.count(cache) == 1
+    # One cache directory per source folder: the one ensure_fresh_cache scans holds every kernel's files.
+    assert cache.cache_dir() == Path(fk.conv2d_nhwc_serial._cache._cache_path) == Path(pk.run_plan._cache._cache_path)
+    kernel_files = ["float_ops.conv2d_nhwc_serial-593.py311.nbi", "float_ops.conv2d_nhwc_serial-593.py311.1.nbc",
+                    "plan_exec.run_plan-486.py311.nbi"]
+    kept = ["other_module.f-1.py311.nbi", "float_ops_notes.txt"]
+    for name in kernel_files + kept:
+        (tmp_path / name).write_text("x")
+    (tmp_path / cache._STAMP_FILE).write_text("an older source")
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(cache, "_FRESH", False)
+    cache.ensure_fresh_cache()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [cache._STAMP_FILE])
+    assert (tmp_path / cache._STAMP_FILE).read_text() == cache.source_stamp()
+    (tmp_path / kernel_files[0]).write_text("x")
+    monkeypatch.setattr(cache, "_FRESH", False)
+    cache.ensure_fresh_cache()  # the stamp is current: nothing dropped
+    assert (tmp_path / kernel_files[0]).exists()
+    (tmp_path / cache._STAMP_FILE).write_text("an older source")
+    cache.ensure_fresh_cache()  # once per process
+    assert (tmp_path / kernel_files[0]).exists()
+
+
+def test_kernel_source_stamp_covers_the_whole_folder() -> None:
+    """The stamp hashes every source file of the kernels folder (a new kernel module is covered unasked)."""
+    import hashlib
+
+    from recu.deploy.runtime.kernels import cache
+
+    files = sorted(Path(cache.__file__).parent.glob("*.py"))
+    assert {"plan_exec.py", "float_ops.py", "popcount_avx512.py", "amx.py", "taps.py", "jit.py"} <= {p.name for p in files}
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    assert cache.source_stamp() == h.hexdigest()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -165,9 +187,9 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     """Each residual add (+ hardtanh) runs inside the binary conv that feeds it - also where the skip
     is computed after the conv (ResNet-20's pooled shortcut, ResNet-18's downsample) - on every
     kernel path; the logits are bit-identical to the unfused plan, on 1 and 2 threads."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     _, path = _exported(tmp_path, name, size)
     meta, tensors = read_metadata(path), read_tensors(path)
@@ -180,7 +202,7 @@ def test_skip_connections_fused_into_binary_convs(tmp_path: Path, monkeypatch: p
     assert (convs[:, pk.F_IN1] >= 0).all()
     x = _images(2, size, seed=5)
     got = load(path, impl=impl, num_threads=1)(x)
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import threads as nk
 
     with monkeypatch.context() as m:
         m.setattr(nk, "PARALLEL_MIN_WORK", 0)  # every row on the worker threads
@@ -197,9 +219,9 @@ def test_input_row_pads_the_stem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """The input row writes the stem's zero columns and the stem runs without horizontal padding; the
     logits are bit-identical to the plan whose stem pads itself. A stem weight that is not finite
     (0 * inf is NaN) keeps the stem's own padding."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     _, path = _exported(tmp_path, name, size)
     meta, tensors = read_metadata(path), read_tensors(path)
@@ -226,10 +248,10 @@ def _assert_fusion_is_exact(monkeypatch: pytest.MonkeyPatch, path: Path, x: np.n
                             unfused_rows: int, impl: Optional[str] = None) -> None:
     """The plan's logits on one thread equal those with every row on two worker threads, and those of the
     plan built without the ``plan.<fusion>`` pass, which has ``unfused_rows`` rows of ``op``."""
-    from recu.deploy import _numba_kernels as nk
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import threads as nk
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     got = load(path, impl=impl, num_threads=1)(x)
     with monkeypatch.context() as m:
@@ -245,9 +267,9 @@ def _assert_fusion_is_exact(monkeypatch: pytest.MonkeyPatch, path: Path, x: np.n
 def test_channel_pad_fused_into_avg_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ResNet-20's two option-A shortcuts (avg pool, then zero channels) are one row each, which writes
     the padded value; the logits are bit-identical to the two-row plan's, with one or two threads."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     _, path = _exported(tmp_path, "resnet20_1w1a", 32)
     meta, tensors = read_metadata(path), read_tensors(path)
@@ -267,7 +289,7 @@ def test_nhwc_view_is_the_reshaped_slice_and_keeps_its_buffer_alive() -> None:
 
     import numba
 
-    from recu.deploy._plan_kernels import nhwc_view
+    from recu.deploy.runtime.kernels.plan_exec import nhwc_view
 
     @numba.njit
     def view(flat, ofs, n, h, w, c):  # noqa: ANN001, ANN202
@@ -294,9 +316,9 @@ def test_max_pool_fused_into_the_stem(tmp_path: Path, monkeypatch: pytest.Monkey
     """ResNet-18's stem conv (+ BatchNorm + hardtanh) and its max pool are one row, which pools each band
     of conv rows while it is in cache; its conv output is the row's own scratch. The logits of a batch of
     two are bit-identical to the two-row plan's, with one thread (banded) or two (two passes)."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     _, path = _exported(tmp_path, "resnet18_1w1a_imagenet", 64)
     meta, tensors = read_metadata(path), read_tensors(path)
@@ -317,9 +339,9 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
                                            fused_bns: int, impl: str) -> None:
     """The BatchNorm (+ hardtanh) after a float conv - the stem, ResNet-18's three downsample convs -
     runs inside the conv's row; bit-identical to the separate row, with one or two threads."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     _, path = _exported(tmp_path, name, size)
     meta, tensors = read_metadata(path), read_tensors(path)
@@ -334,13 +356,13 @@ def test_batch_norm_fused_into_float_convs(tmp_path: Path, monkeypatch: pytest.M
 def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a plan, ``auto`` on an AMX CPU keeps AMX from 64 input channels on only for the layers the
     kernel-row packed avx512 path does not take (kernel width 1); an explicit choice is kept."""
-    from recu.deploy import kernels as K
-    from recu.deploy import plan as P
+    from recu.deploy.runtime import kernels as K
+    from recu.deploy.runtime import plan as P
 
-    monkeypatch.setattr(K, "has_amx", lambda: True)
-    monkeypatch.setattr(K, "has_vpopcntdq", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_amx", lambda: True)
+    monkeypatch.setattr(K.cpu, "has_vpopcntdq", lambda: True)
     monkeypatch.setattr(P, "has_vpopcntdq", lambda: True)
-    monkeypatch.setattr(K, "numba_available", lambda: True)
+    monkeypatch.setattr(K.cpu, "numba_available", lambda: True)
     monkeypatch.delenv(K.ENV_VAR, raising=False)
     monkeypatch.delenv("RECU_DEPLOY_TAPS", raising=False)
     assert P.plan_layer_kernel(None, 64, 3) == "avx512"
@@ -355,9 +377,9 @@ def test_auto_runs_packable_layers_on_the_tap_path(monkeypatch: pytest.MonkeyPat
 def test_flatten_of_a_pooled_value_is_the_same_value(tmp_path: Path) -> None:
     """A flatten of an (N, 1, 1, C) NHWC value (after global pooling) is no row: the next op reads the
     pooled value itself, and the logits are the PyTorch model's."""
-    from recu.deploy import _plan_kernels as pk
-    from recu.deploy import plan as P
-    from recu.deploy.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime import plan as P
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
 
     model, path = _exported(tmp_path, "resnet20_1w1a", 32)
     meta, tensors = read_metadata(path), read_tensors(path)

@@ -1,4 +1,4 @@
-"""Tap-row packed binary convs of narrow layers (recu.deploy._tap_kernels): the integer dot products
+"""Tap-row packed binary convs of narrow layers (recu.deploy.runtime.kernels.taps): the integer dot products
 of a float64 reference conv of the signs, every padding pattern, and the same bits as the
 one-word-per-tap kernel inside a whole plan."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recu.deploy.kernels import has_vpopcntdq, numba_available
+from recu.deploy.runtime.kernels import has_vpopcntdq, numba_available
 
 pytestmark = pytest.mark.skipif(not (numba_available() and has_vpopcntdq()),
                                 reason="the tap-packed kernels run on the avx512 path (AVX-512 VPOPCNTDQ)")
@@ -44,7 +44,7 @@ def _run_taps(x: np.ndarray, bits: np.ndarray, c_out: int, kh: int, kw: int, s: 
               next_pw: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The tap-packed conv of NHWC ``x``; with ``next_pw``, also the row buffers it writes for a next
     layer with that padding (returned second)."""
-    from recu.deploy import _tap_kernels as tk
+    from recu.deploy.runtime.kernels import taps as tk
 
     n, h, w, c = x.shape
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
@@ -108,7 +108,8 @@ def test_dot_products_equal_float64_reference(shape: tuple, parallel: bool) -> N
 def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) -> None:
     """With a random epilogue (alpha, bias, BatchNorm) and a fused residual + hardtanh: the same float32
     bits as the avx512 kernel with one word per tap followed by clamp(out + res)."""
-    from recu.deploy import _numba_kernels as nk
+    from recu.deploy.runtime.kernels import packing
+    from recu.deploy.runtime.kernels import popcount_avx512 as pa
 
     n, h, w, c, c_out, kh, kw, s, p = shape
     rng = np.random.default_rng(7)
@@ -117,10 +118,10 @@ def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) 
     epi = rng.standard_normal(4 * c_out).astype(np.float32)
     cw = bits.shape[3]
     a = np.zeros((n * h * w, cw), np.uint64)
-    nk.pack_nhwc_serial(x.ravel(), c, a)
+    packing.pack_nhwc_serial(x.ravel(), c, a)
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
     ref = np.zeros((n, oh, ow, c_out), np.float32)
-    nk.conv_fast_serial(a.ravel(), nk.block_weights(bits).ravel(), h, w, cw, kh, kw, c, c_out, s, s, p, p,
+    pa.conv_fast_serial(a.ravel(), pa.block_weights(bits).ravel(), h, w, cw, kh, kw, c, c_out, s, s, p, p,
                         np.empty((1, 1, 1, 1), np.int32), epi, ref, True)
     res = rng.standard_normal(ref.shape).astype(np.float32)
     for parallel in (False, True):
@@ -133,7 +134,7 @@ def test_epilogue_and_residual_bits_equal_one_word_per_tap_kernel(shape: tuple) 
 def test_signs_written_for_the_next_layer_equal_its_own_packing(shape: tuple, next_pw: int) -> None:
     """A layer with 16k output channels writes the signs of its final values (after the skip connection)
     as the next layer's row buffers: byte for byte what packing its float output gives, padding 0."""
-    from recu.deploy import _tap_kernels as tk
+    from recu.deploy.runtime.kernels import taps as tk
 
     n, h, w, c, c_out, kh, kw, s, p = shape
     rng = np.random.default_rng(11)
@@ -156,7 +157,7 @@ def test_signs_written_for_the_next_layer_equal_its_own_packing(shape: tuple, ne
 
 def test_weight_layout_and_variants() -> None:
     """Tap t's channel c is bit t * C_in + c of its kernel row; a variant zeroes the padded taps."""
-    from recu.deploy import _tap_kernels as tk
+    from recu.deploy.runtime.kernels import taps as tk
 
     c_in, kw = 16, 3
     bits = np.zeros((1, 1, kw, 1), np.uint64)
@@ -184,8 +185,8 @@ def test_weight_layout_and_variants() -> None:
 def test_padding_starts_count_the_padded_taps() -> None:
     """A padded tap starts the count at C_in / 2 minus its weight's ones, summed over the kernel rows
     used; interior columns and rows start at 0; the table leads with a block's worth of zeros."""
-    from recu.deploy import _numba_kernels as nk
-    from recu.deploy import _tap_kernels as tk
+    from recu.deploy.runtime.kernels import popcount_avx512 as nk
+    from recu.deploy.runtime.kernels import taps as tk
 
     c_in, c_out, kh, kw = 16, 16, 3, 3
     bits = np.zeros((c_out, kh, kw, 1), np.uint64)
@@ -207,11 +208,11 @@ def test_plan_uses_taps_for_narrow_layers_with_same_logits(tmp_path: Path, monke
     """ResNet-20 on the avx512 path: its 16- and 32-channel convs become tap-packed rows, and the logits
     are bit-identical to the plan without tap packing (RECU_DEPLOY_TAPS=0), on 1 and 2 threads."""
     from recu import models
-    from recu.deploy import _numba_kernels as nk
-    from recu.deploy import _plan_kernels as pk
+    from recu.deploy.runtime.kernels import threads as nk
+    from recu.deploy.runtime.kernels import plan_exec as pk
     from recu.deploy import export, load
-    from recu.deploy.fileio import read_metadata, read_tensors
-    from recu.deploy.plan import build_plan
+    from recu.deploy.runtime.fileio import read_metadata, read_tensors
+    from recu.deploy.runtime.plan import build_plan
 
     from ._helpers import randomize
 
@@ -241,14 +242,14 @@ def test_bench_names_the_tap_packed_layers(tmp_path: Path, monkeypatch: pytest.M
     """`recu bench`'s kernel line says how many layers the plan tap-packs (none in the per-layer engine)."""
     from recu import models
     from recu.deploy import export, load
-    from recu.deploy.bench import kernel_summary
+    from recu.cli.bench import kernel_summary
 
     path = tmp_path / "r20.recu"
     export(models.create("resnet20_1w1a").eval(), path)
     assert kernel_summary(load(path, impl="avx512")) == "avx512 (18 layers, 18 tap-packed)"
     assert kernel_summary(load(path, impl="avx512", engine="layers")) == "avx512 (18 layers)"
-    from recu.deploy import kernels as K
-    from recu.deploy import plan as P
+    from recu.deploy.runtime import kernels as K
+    from recu.deploy.runtime import plan as P
 
     with monkeypatch.context() as m:  # auto on an AMX CPU: the plan's 64-channel layers stay tap-packed too
         for module, name in ((K, "has_amx"), (K, "has_vpopcntdq"), (P, "has_vpopcntdq"), (K, "numba_available")):

@@ -39,10 +39,28 @@ def test_runtime_imports_no_torch() -> None:
         import json, sys
         import recu, recu.deploy
         light = {m: m in sys.modules for m in ("torch", "numba", "safetensors")}
-        import recu.deploy.kernels, recu.deploy.pack, recu.deploy.loader, recu.deploy.fileio, recu.deploy.validate, recu.deploy.fma_numpy
+        import recu.deploy.runtime.kernels, recu.deploy.runtime.pack, recu.deploy.loader, recu.deploy.runtime.fileio, recu.deploy.runtime.validate, recu.deploy.runtime.fma_numpy
         print(json.dumps({"light": light, "torch": "torch" in sys.modules}))
     """)
     assert out == {"light": {"torch": False, "numba": False, "safetensors": False}, "torch": False}
+
+
+def test_every_runtime_module_imports_with_torch_blocked() -> None:
+    """Each module of recu.deploy.runtime (the kernels included, numba compiling nothing at import) imports
+    where PyTorch cannot, and none of them pulls in the exporter, recu.nn or recu.models."""
+    runtime = Path(recu.deploy.__file__).parent / "runtime"
+    modules = sorted("recu.deploy." + ".".join(p.relative_to(runtime.parent).with_suffix("").parts).removesuffix(".__init__")
+                     for p in runtime.rglob("*.py"))
+    assert "recu.deploy.runtime.kernels.popcount_avx512" in modules and len(modules) >= 20
+    out = run_python(f"""
+        import importlib, json, sys
+        for name in {modules!r}:
+            importlib.import_module(name)
+        loaded = sorted(m for m, mod in sys.modules.items()  # the blocked torch is there as None
+                        if mod is not None and m.startswith(("recu.deploy.exporter", "recu.nn", "recu.models", "torch")))
+        print(json.dumps(loaded))
+    """, block_torch=True)
+    assert out == []
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +94,7 @@ def test_files_read_and_errors_without_torch(tiny_file: Path) -> None:
                 errors[what] = [str(e), e.name]
         bad = {{**tensors, "binary.features.0.bits": tensors["binary.features.0.bits"].astype(np.float64)}}
         try:
-            recu.deploy.validate.check_file(meta, bad, "bad.recu")
+            recu.deploy.runtime.validate.check_file(meta, bad, "bad.recu")
         except recu.deploy.DeployFileError as e:
             errors["check_file"] = str(e)
         print(json.dumps({{"layers": [l["name"] for l in meta["binary_layers"]],
@@ -119,22 +137,25 @@ def test_read_tensors_matches_the_torch_reader_and_refuses_other_files(tiny_file
 def test_export_stays_the_function_whatever_imports_first() -> None:
     out = run_python("""
         import json, types
-        import recu.deploy.export, recu.summary, recu.deploy.onnx_export, recu.cli.core  # submodules first
+        import recu.deploy.exporter.export, recu.summary, recu.deploy.exporter.onnx_export, recu.cli.core  # submodules first
         import recu, recu.deploy
         from recu.deploy import export
         from recu import summary
-        print(json.dumps([type(o).__name__ for o in (recu.deploy.export, export, recu.summary, summary)]))
+        import recu.deploy.exporter as exporter
+        print(json.dumps([type(o).__name__ for o in (recu.deploy.export, export, exporter.export, recu.summary, summary)]))
     """)
-    assert out == ["function"] * 4
+    assert out == ["function"] * 5
 
 
 def test_lazy_names_are_the_submodules_objects() -> None:
     import recu.convert
-    import recu.deploy.fileio
-    import recu.deploy.kernels
+    import recu.deploy.exporter.export
+    import recu.deploy.exporter.layers
     import recu.deploy.loader
-    import recu.deploy.runtime
-    import recu.deploy.validate
+    import recu.deploy.runtime.fileio
+    import recu.deploy.runtime.kernels.conv
+    import recu.deploy.runtime.plan
+    import recu.deploy.runtime.validate
     import recu.nn
     import recu.schedule
     import recu.summary
@@ -146,15 +167,16 @@ def test_lazy_names_are_the_submodules_objects() -> None:
         assert getattr(recu, name) is getattr(home, name), name
     assert set(recu.__all__) <= set(dir(recu)) and all(hasattr(recu, n) for n in recu.__all__)
     assert recu.functional.sign is sys.modules["recu.functional"].sign
-    deploy_homes = {"export": sys.modules["recu.deploy.export"], "load": recu.deploy.loader,
-                    "read_metadata": recu.deploy.fileio, "read_tensors": recu.deploy.fileio,
-                    "DeployFileError": recu.deploy.validate,
-                    "PackedModel": recu.deploy.runtime, "binary_conv2d": recu.deploy.kernels}
+    deploy_homes = {"export": sys.modules["recu.deploy.exporter.export"], "load": recu.deploy.loader,
+                    "read_metadata": recu.deploy.runtime.fileio, "read_tensors": recu.deploy.runtime.fileio,
+                    "DeployFileError": recu.deploy.runtime.validate,
+                    "PackedModel": recu.deploy.exporter.layers, "binary_conv2d": recu.deploy.runtime.kernels.conv,
+                    "CompiledModel": recu.deploy.runtime.plan}
     for name, home in deploy_homes.items():
         assert getattr(recu.deploy, name) is getattr(home, name), name
     assert set(recu.deploy.__all__) <= set(dir(recu.deploy))
-    assert recu.deploy.runtime.read_metadata is recu.deploy.fileio.read_metadata
-    assert recu.deploy.runtime.load is recu.deploy.runtime.load_layers
+    assert recu.deploy.exporter.layers.read_metadata is recu.deploy.runtime.fileio.read_metadata
+    assert recu.deploy.exporter.layers.load is recu.deploy.exporter.layers.load_layers
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         recu.deploy.no_such_name  # noqa: B018
 
@@ -182,7 +204,7 @@ def test_resolve_engine_rejects_bad_requests() -> None:
 
 
 def test_load_layers_engine_is_the_packed_model(tiny_file: Path) -> None:
-    from recu.deploy.runtime import PackedModel
+    from recu.deploy.exporter.layers import PackedModel
 
     packed = recu.deploy.load(tiny_file, engine="layers", impl="numpy")
     assert isinstance(packed, PackedModel)

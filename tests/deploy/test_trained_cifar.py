@@ -9,7 +9,7 @@ import torch
 
 from recu.data import build_loaders
 from recu.deploy import export, load
-from recu.deploy.fixed_order import fixed_order_float_convs
+from recu.deploy.exporter.fixed_order import fixed_order_float_convs
 from recu.train import load_checkpoint, model_from_checkpoint
 
 from ._helpers import assert_same_logits

@@ -20,7 +20,7 @@ def _sha(file: Path) -> str:
 # picks a summation order per CPU, the plan sums one fixed fma chain; a value next to 0 could take either sign).
 # Dyadic stems and inputs make its sums exact in any order; real ones are compared with the plan's own order.
 def _fixed_order_logits(model, x):  # type: ignore[no-untyped-def]
-    from recu.deploy.fixed_order import fixed_order_float_convs
+    from recu.deploy.exporter.fixed_order import fixed_order_float_convs
 
     with torch.no_grad():
         return fixed_order_float_convs(model)(torch.as_tensor(x)).numpy()

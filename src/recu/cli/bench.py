@@ -3,8 +3,8 @@
 What is timed (:func:`run_benchmark`), every side with the same thread count:
 
 - ``packed``: the model as :func:`recu.deploy.load` returns it - the compiled plan
-  (:class:`~recu.deploy.plan.CompiledModel`, numpy in and out) by default, or the per-layer PyTorch
-  :class:`~recu.deploy.runtime.PackedModel` (``engine="layers"``);
+  (:class:`~recu.deploy.runtime.plan.CompiledModel`, numpy in and out) by default, or the per-layer PyTorch
+  :class:`~recu.deploy.exporter.layers.PackedModel` (``engine="layers"``);
 - float baselines, each eager and under ``torch.compile``: the *float twin*,
   :func:`float_reference` - the layers engine's network with every packed layer replaced by its
   float32 PyTorch equivalent ``F.conv2d(sign(x), w_sign) * scale + bias`` (the same function, so the
@@ -12,7 +12,7 @@ What is timed (:func:`run_benchmark`), every side with the same thread count:
   ``baselines``, e.g. the full-precision registry twin (:func:`fp_twin`: ``resnet20_fp`` for
   ``resnet20_1w1a``), which is what one would deploy without binarisation;
 - any other path given as a function of a numpy batch in ``runners``, e.g. that twin in onnxruntime
-  FP32 and INT8 (:mod:`recu.deploy.bench_onnxruntime`).
+  FP32 and INT8 (:mod:`recu.cli.bench_onnxruntime`).
 
 Next to the measurements, the limit of the CPU (:func:`peak_times`): the model's multiply-accumulates
 (:func:`count_ops`: binary MACs of the binary layers, float MACs of the float convs and linear layers,
@@ -40,12 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as RF
-from .kernels import layer_kernel
-from .pack import unpack_signs_numpy
-from .runtime import PackedConv2d, PackedLinear, PackedModel
+from ..deploy.runtime.kernels.cpu import layer_kernel
+from ..deploy.runtime.pack import unpack_signs_numpy
+from ..deploy.exporter.layers import PackedConv2d, PackedLinear, PackedModel
 
 if TYPE_CHECKING:
-    from .plan import CompiledModel
+    from ..deploy.runtime.plan import CompiledModel
 
 __all__ = ["FloatSignConv2d", "float_reference", "time_call", "time_interleaved", "Timing", "layer_times", "BenchResult", "run_benchmark",
            "format_result", "format_summary", "CpuInfo", "parse_cpuinfo", "cpu_info", "OpCounts", "count_ops",
@@ -472,7 +472,7 @@ def binary_layer_paths(model: Any) -> dict[str, str]:
     by layer name, as the model runs it (the per-layer ``auto`` choice included)."""
     if isinstance(model, PackedModel):
         return {n: layer_kernel(m.impl, m.in_channels) for n, m in model.packed_layers()}
-    from .plan import _pair, plan_layer_kernel
+    from ..deploy.runtime.plan import _pair, plan_layer_kernel
 
     impl = getattr(model, "impl", None)
     return {layer["name"]: plan_layer_kernel(impl, int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
@@ -481,10 +481,10 @@ def binary_layer_paths(model: Any) -> dict[str, str]:
 
 def tap_packed_layers(model: Any) -> int:
     """How many of a compiled plan's avx512 binary conv layers pack a kernel row's taps together
-    (:mod:`recu.deploy._tap_kernels`; 0 for the per-layer engine, which does not)."""
+    (:mod:`recu.deploy.runtime.kernels.taps`; 0 for the per-layer engine, which does not)."""
     if isinstance(model, PackedModel) or not hasattr(model, "metadata"):
         return 0
-    from .plan import _pair, packs_taps
+    from ..deploy.runtime.plan import _pair, packs_taps
 
     paths = binary_layer_paths(model)
     return sum(packs_taps(paths[layer["name"]], int(layer["in_channels"]), _pair(layer["kernel_size"])[1])
@@ -626,7 +626,7 @@ def run_benchmark(model: DeployedModel, input_shape: tuple[int, ...], batches: t
         baselines: more float models by label, e.g. ``{"resnet20_fp": fp}`` (:func:`fp_twin`).
         twin: time the float twin :func:`float_reference` (needs ``layers``).
         runners: more paths by label, each called with the batch as a float32 NCHW numpy array, e.g.
-            onnxruntime sessions (:func:`recu.deploy.bench_onnxruntime.onnxruntime_runners`, made for
+            onnxruntime sessions (:func:`recu.cli.bench_onnxruntime.onnxruntime_runners`, made for
             ``threads``); timed in the same interleaved rounds as the others.
     """
     batches = tuple(int(b) for b in batches)

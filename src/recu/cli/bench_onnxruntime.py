@@ -1,9 +1,9 @@
 """What engineers deploy today, next to the 1-bit plan: the float twin in onnxruntime, FP32 and static INT8.
 
 :func:`prepare_onnxruntime` exports the full-precision twin of the binary model (``resnet20_fp`` for
-``resnet20_1w1a``: :func:`recu.deploy.bench.fp_twin`, the same weights PyTorch's baseline runs) with
-:func:`recu.deploy.onnx_export.export_onnx` and quantises it with onnxruntime's ``quantize_static``;
-:func:`onnxruntime_runners` gives its sessions to :func:`recu.deploy.bench.run_benchmark`
+``resnet20_1w1a``: :func:`recu.cli.bench.fp_twin`, the same weights PyTorch's baseline runs) with
+:func:`recu.deploy.exporter.onnx_export.export_onnx` and quantises it with onnxruntime's ``quantize_static``;
+:func:`onnxruntime_runners` gives its sessions to :func:`recu.cli.bench.run_benchmark`
 (``runners=``), which times them in the same interleaved rounds as the plan and PyTorch;
 :func:`format_comparison` prints the ratios and the file sizes. Needs onnx, onnxscript and
 onnxruntime (``pip install 'recu-bnn[onnx]'``); :func:`missing_onnxruntime` says which is missing.
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .bench import BenchResult, CpuInfo
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx
+from ..deploy.exporter.onnx_export import DEFAULT_OPSET, INPUT_NAME, export_onnx
 
 __all__ = ["ORT_HINT", "FP32", "INT8", "missing_onnxruntime", "Int8Config", "has_vnni", "int8_config",
            "calibration_images", "OrtBaselines", "quantize_int8", "ort_session", "prepare_onnxruntime",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..deploy.bench_onnxruntime import OrtBaselines
+    from .bench_onnxruntime import OrtBaselines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +109,7 @@ def _read_checkpoint(path: str) -> dict:
 
 
 def _checkpoint_model(path: str, ckpt: dict):  # type: ignore[no-untyped-def]
-    from ..deploy.runtime import build_model
+    from ..deploy.exporter.layers import build_model
 
     model = build_model(ckpt["model_spec"])
     try:
@@ -158,7 +158,7 @@ def _preprocessing(cfg: dict) -> Optional[dict]:
 
 def _export_onnx(args: argparse.Namespace, model) -> int:  # type: ignore[no-untyped-def]
     from ..deploy import export_onnx
-    from ..deploy.onnx_export import DEFAULT_OPSET
+    from ..deploy.exporter.onnx_export import DEFAULT_OPSET
 
     try:
         info = export_onnx(model, args.output, input_shape=args.input_size,
@@ -258,7 +258,7 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
     import torch
 
     from ..deploy import load
-    from ..deploy.bench import engine_of, format_result, fp_twin, run_benchmark
+    from .bench import engine_of, format_result, fp_twin, run_benchmark
 
     model = load(path, impl=args.kernel, fuse_float=args.fuse_float, engine=args.engine)
     # The layers engine of the same file gives the float twin, the agreement check and the per-layer table.
@@ -271,7 +271,7 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
         ort, note = _onnxruntime_baselines(args, twin, shape, Path(tmp)) if args.onnxruntime else (None, None)
         runners = None
         if ort is not None:
-            from ..deploy.bench_onnxruntime import onnxruntime_runners
+            from .bench_onnxruntime import onnxruntime_runners
 
             runners = onnxruntime_runners(ort, threads)
         res = run_benchmark(model, shape, tuple(args.batch), threads=threads, repeat=args.repeat,
@@ -280,7 +280,7 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
         print(f"recu bench {args.target}")
         print(format_result(res, top=args.top))
         if ort is not None:
-            from ..deploy.bench_onnxruntime import format_comparison
+            from .bench_onnxruntime import format_comparison
 
             print(format_comparison(res, ort, os.path.getsize(path)))
     if note:
@@ -291,10 +291,10 @@ def _bench_file(args: argparse.Namespace, path: "str | os.PathLike") -> int:
 def _onnxruntime_baselines(args: argparse.Namespace, twin: Optional[tuple[str, "nn.Module"]],
                            shape: tuple[int, int, int], workdir: Path) -> tuple[Optional["OrtBaselines"], Optional[str]]:
     """(the float twin's onnxruntime files, None), or (None, the line that says why there are none)."""
-    from ..deploy.bench_onnxruntime import missing_onnxruntime, prepare_onnxruntime
+    from .bench_onnxruntime import missing_onnxruntime, prepare_onnxruntime
 
     if twin is None:
-        return None, "onnxruntime baselines skipped: the model has no full-precision twin (recu.deploy.bench.fp_twin)"
+        return None, "onnxruntime baselines skipped: the model has no full-precision twin (recu.cli.bench.fp_twin)"
     missing = missing_onnxruntime()
     if missing:
         return None, missing

@@ -1,10 +1,13 @@
 """:func:`load`: a deployment file as an inference model, choosing the engine; importable without PyTorch.
 
+Above both sub-packages: the ``plan`` engine is the runtime's, ``layers`` the exporter's (imported only
+when asked for, so a runtime-only install never reaches it).
+
 Two engines run a file written by :func:`recu.deploy.export`:
 
-- ``plan`` (:func:`recu.deploy.plan.load_plan`): the whole network as one compiled numba call, numpy in
+- ``plan`` (:func:`recu.deploy.runtime.plan.load_plan`): the whole network as one compiled numba call, numpy in
   and numpy out, no PyTorch needed. It needs the network graph that ``export`` stores in the file.
-- ``layers`` (:func:`recu.deploy.runtime.load_layers`): the PyTorch model with each binary layer
+- ``layers`` (:func:`recu.deploy.exporter.layers.load_layers`): the PyTorch model with each binary layer
   replaced by a packed one - the bit-identical reference; needs PyTorch, takes a model skeleton and
   ``fuse_float``.
 
@@ -18,13 +21,13 @@ import os
 from typing import TYPE_CHECKING, Optional, Union
 
 from .._lazy import TORCH_HINT
-from .fileio import read_metadata
+from .runtime.fileio import read_metadata
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .plan import CompiledModel
-    from .runtime import PackedModel
+    from .exporter.layers import PackedModel
+    from .runtime.plan import CompiledModel
 
 __all__ = ["ENGINES", "load", "resolve_engine"]
 
@@ -71,26 +74,26 @@ def load(path: Union[str, os.PathLike], model: Optional["nn.Module"] = None, *, 
         num_threads: kernel threads; None: the engine's default (``layers``: PyTorch's count at each call).
         fuse_float: ``layers`` only: also fold BatchNorms into the full-precision convs that feed them
             (faster; float results then differ from PyTorch's by rounding), see
-            :func:`recu.deploy.runtime.load_layers`.
-        engine: ``plan`` (a :class:`~recu.deploy.plan.CompiledModel`: numpy or torch in, the same kind
-            out; no PyTorch needed), ``layers`` (the PyTorch :class:`~recu.deploy.runtime.PackedModel`)
+            :func:`recu.deploy.exporter.layers.load_layers`.
+        engine: ``plan`` (a :class:`~recu.deploy.runtime.plan.CompiledModel`: numpy or torch in, the same kind
+            out; no PyTorch needed), ``layers`` (the PyTorch :class:`~recu.deploy.exporter.layers.PackedModel`)
             or ``auto`` (``plan`` when the file has a graph and neither ``model`` nor ``fuse_float`` is
             given, else ``layers``).
 
     Raises:
         DeployFileError: (a ValueError) not a deployment file, or one that fails the checks both engines
-            run before anything else (:func:`recu.deploy.validate.check_file`, ``docs/file-format.md``).
+            run before anything else (:func:`recu.deploy.runtime.validate.check_file`, ``docs/file-format.md``).
         ValueError: an unknown engine, or ``plan`` with ``model``/``fuse_float``.
         ModuleNotFoundError: the ``layers`` engine is needed and PyTorch is not installed.
     """
     meta = read_metadata(path)
     chosen = resolve_engine(meta, engine, model, fuse_float)
     if chosen == "plan":
-        from .plan import load_plan
+        from .runtime.plan import load_plan
 
         return load_plan(path, impl=impl, num_threads=num_threads)
     try:
-        from .runtime import load_layers
+        from .exporter.layers import load_layers
     except ModuleNotFoundError as e:
         if e.name != "torch":
             raise

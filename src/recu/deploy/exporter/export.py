@@ -6,7 +6,7 @@ as the 1-bit signs of its forward-pass weights, sign(W - mean_c W) (exactly the 
 bias and, where the graph shows the conv feeding a BatchNorm2d and nothing else, that BatchNorm as
 a scale and shift: ``y = fma(dot * alpha + bias, bn_scale, bn_shift)``, the eval forward's own
 float32 steps. Everything else is stored in float32 under its state_dict key. When the network can
-be written in the ops of :mod:`recu.deploy.graph`, the metadata also holds it as that graph
+be written in the ops of :mod:`recu.deploy.exporter.graph`, the metadata also holds it as that graph
 (``meta["graph"]``), which a runtime can execute without PyTorch.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -23,90 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import functional as RF
-from ..nn import BinaryLayer, ReCUConv2d, ReCULinear
-from .fileio import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY  # re-exported (they lived here)
+from ... import functional as RF
+from ...nn import BinaryLayer, ReCULinear
+from ..runtime.fileio import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY  # re-exported (they lived here)
+from ..runtime.pack import packbits_bytes
 from .fold import find_conv_bn_pairs
-from .pack import packbits_bytes
+from .graph import extract_graph
+from .packable import conv_padding, epilogue_vectors, packable_reason, unwrap
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "export", "packable_reason", "conv_padding"]
-
-
-def conv_padding(layer: nn.Conv2d) -> Optional[tuple[int, int]]:
-    """Numeric (ph, pw) of a conv's padding, or None when it cannot be expressed symmetrically."""
-    pad = layer.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            return (0, 0)
-        kh, kw = layer.kernel_size
-        if tuple(layer.stride) == (1, 1) and kh % 2 == 1 and kw % 2 == 1:  # 'same'
-            return (kh // 2, kw // 2)
-        return None
-    return (int(pad[0]), int(pad[1]))
-
-
-def packable_reason(layer: nn.Module) -> Optional[str]:
-    """None when ``layer`` can run on the packed kernels, else why not (it then stays float)."""
-    if not isinstance(layer, (ReCUConv2d, ReCULinear)):
-        return f"{type(layer).__name__} is not a ReCUConv2d or ReCULinear"
-    cfg = layer.config
-    if not cfg.fully_binary:
-        return "weights or activations are not binary"
-    if isinstance(layer, ReCULinear):
-        return None
-    if layer.groups != 1:
-        return "groups != 1"
-    if tuple(layer.dilation) != (1, 1):
-        return "dilation != 1"
-    if conv_padding(layer) is None:
-        return f"padding {layer.padding!r} is not symmetric"
-    return None
-
-
-@dataclass
-class _Epilogue:
-    """Per-output-channel float32 vectors: y = fma(float32(dot) * alpha + bias, bn_scale, bn_shift)."""
-
-    alpha: np.ndarray
-    bias: np.ndarray
-    bn_scale: np.ndarray
-    bn_shift: np.ndarray
-
-
-@torch.no_grad()
-def _epilogue(layer: BinaryLayer, bn: Optional[nn.BatchNorm2d]) -> _Epilogue:
-    """The layer's scale and bias and its BatchNorm as PyTorch's CPU kernel evaluates it.
-
-    The eval forward rounds ``conv * alpha`` and ``+ bias`` in float32, and PyTorch's CPU BatchNorm
-    computes ``fma(x, a, b)`` with ``a = gamma * rsqrt(var + eps)`` and ``b = fma(-mean, a, beta)``
-    (measured: bit-identical on this PyTorch, NCHW and channels_last). Keeping these steps instead of
-    one folded multiplier makes the packed layer's float output bit-identical too, so no sign of the
-    next binary layer's input can flip on a rounding difference.
-    """
-    o = layer.weight.shape[0]
-    s = layer.output_scale(layer.clamped_weight())
-    alpha = torch.ones(o) if s is None else s.detach().reshape(o).float().cpu()
-    bias = torch.zeros(o) if layer.bias is None else layer.bias.detach().float().cpu()
-    a, b = (torch.ones(o), torch.zeros(o)) if bn is None else bn_scale_shift(bn)
-    return _Epilogue(*(t.contiguous().numpy() for t in (alpha, bias, a, b)))
-
-
-@torch.no_grad()
-def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """An eval BatchNorm (1d or 2d, running statistics) as float32 ``(a, b)``, ``y = fma(x, a, b)``.
-
-    ``a = gamma * rsqrt(var + eps)`` and ``b = fma(-mean, a, beta)``: the values PyTorch's CPU
-    BatchNorm kernel computes (see :func:`_epilogue`). Used for folded BatchNorms and the graph's
-    ``batch_norm`` nodes alike.
-    """
-    o = bn.num_features
-    gamma = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones(o)
-    beta = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros(o)
-    mean, var = bn.running_mean.float().cpu(), bn.running_var.float().cpu()
-    a = gamma * torch.rsqrt(var + bn.eps)
-    # float32 fma(-mean, a, beta): the float64 product is exact, one rounding to float64, one to float32.
-    b = (beta.double() - mean.double() * a.double()).float()
-    return a.contiguous(), b.contiguous()
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "export"]
 
 
 def _json_safe(obj: Any, what: str = "model spec") -> Any:
@@ -115,17 +39,6 @@ def _json_safe(obj: Any, what: str = "model spec") -> Any:
         return json.loads(json.dumps(obj))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``torch.compile`` / DataParallel / DDP wrappers (their keys carry prefixes)."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            inner = model.module
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def export(
@@ -159,7 +72,7 @@ def export(
 
     if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)):
         raise ValueError(f"class_names must be a list of strings, got {class_names!r}")
-    model = _unwrap(model)
+    model = unwrap(model)
     spec = spec if spec is not None else getattr(model, "recu_spec", None)
     modules = dict(model.named_modules())
     binary = {n: m for n, m in modules.items() if isinstance(m, BinaryLayer)}
@@ -192,7 +105,7 @@ def export(
             if linear:  # a linear layer is a 1x1 convolution of a 1x1 image
                 w_sign = w_sign[:, :, None, None]
             bits = packbits_bytes(w_sign.permute(0, 2, 3, 1).cpu())  # (O, KH, KW, ceil(C/8))
-            epi = _epilogue(layer, bn)  # type: ignore[arg-type]
+            epi = epilogue_vectors(layer, bn)  # type: ignore[arg-type]
             tensors[f"binary.{name}.bits"] = torch.from_numpy(np.ascontiguousarray(bits))
             for key in ("alpha", "bias", "bn_scale", "bn_shift"):
                 tensors[f"binary.{name}.{key}"] = torch.from_numpy(getattr(epi, key))
@@ -214,14 +127,12 @@ def export(
             t = value.detach().cpu()
             tensors[f"float.{key}"] = (t.float() if t.is_floating_point() else t).contiguous().clone()
             float_keys.append(key)
-        from .graph import extract_graph  # imported here: graph.py imports this module
-
         graph, graph_tensors, graph_unsupported = extract_graph(model, set(packed), {b: c for c, b in pairs.items()})
         tensors.update(graph_tensors)
     finally:
         model.train(was_training)
 
-    from .. import __version__
+    from ... import __version__
 
     meta = {
         "format": FORMAT_NAME,

@@ -16,8 +16,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ..nn import BinaryLayer
-from .fma_numpy import conv2d_fma_chain
+from ...nn import BinaryLayer
+from ..runtime.fma_numpy import conv2d_fma_chain
 
 __all__ = ["FmaChainConv2d", "fixed_order_float_convs"]
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 from torch import nn
 
-from ..nn import BinaryLayer
+from ...nn import BinaryLayer
 
 __all__ = ["find_conv_bn_pairs", "bn_foldable"]
 

@@ -22,11 +22,11 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models._common import PadShortcut
-from ..models.reactnet import LearnableBias
-from ..nn import BinaryLayer, ReCULinear
-from .export import bn_scale_shift, conv_padding, packable_reason
+from ...models._common import PadShortcut
+from ...models.reactnet import LearnableBias
+from ...nn import BinaryLayer, ReCULinear
 from .fold import _tracer
+from .packable import bn_scale_shift, conv_padding, packable_reason
 
 __all__ = ["GRAPH_VERSION", "INPUT_NAME", "OPS", "GraphUnsupported", "extract_graph", "graph_tensor_keys"]
 

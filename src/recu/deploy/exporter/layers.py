@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .fileio import read_metadata  # re-exported: it lived here before recu.deploy.fileio
-from .kernels import (
-    PackedConvWeights,
-    binary_conv2d_float,
-    epilogue_table,
-    layer_kernel,
-    resolve_kernel,
-    set_num_threads,
-)
-from .pack import unpackbits_bytes
-from .validate import DeployFileError, check_file
+from ..runtime.fileio import read_metadata  # re-exported: it lived here before recu.deploy.fileio
+from ..runtime.kernels.conv import binary_conv2d_float
+from ..runtime.kernels.cpu import layer_kernel, numba_available, resolve_kernel
+from ..runtime.kernels.reference import epilogue_table
+from ..runtime.kernels.weights import PackedConvWeights
+from ..runtime.pack import unpackbits_bytes
+from ..runtime.validate import DeployFileError, check_file
 
 __all__ = ["PackedConv2d", "PackedLinear", "PackedModel", "load_layers", "load", "read_metadata", "build_model"]
 
@@ -137,7 +133,10 @@ class PackedModel(nn.Module):
             m.impl = impl
 
     def forward(self, x: Tensor) -> Tensor:
-        set_num_threads(self.num_threads or torch.get_num_threads())
+        if numba_available():  # else every layer runs the numpy path, which has no threads to set
+            from ..runtime.kernels.threads import set_num_threads
+
+            set_num_threads(self.num_threads or torch.get_num_threads())
         with torch.inference_mode():
             return self.model(x.float().contiguous(memory_format=torch.channels_last))
 
@@ -147,7 +146,7 @@ def build_model(spec: dict) -> nn.Module:
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a model spec must be a dict with at least 'name', got {spec!r}")
     try:
-        from .. import models
+        from ... import models
     except ImportError as e:
         raise RuntimeError(f"recu.models is needed to rebuild {spec.get('name')!r}: {e}") from None
     # The binary config may sit at the top level (docs/interfaces.md) or inside "kwargs"
@@ -201,7 +200,7 @@ def _check_geometry(old: nn.Module, layer: dict, path: Union[str, os.PathLike]) 
     its output with other values, whose shapes follow from its own geometry."""
     if not isinstance(old, nn.Conv2d):
         return
-    from .export import conv_padding
+    from .packable import conv_padding
 
     own = [list(old.kernel_size), list(old.stride), list(conv_padding(old) or old.padding)]
     if own != [layer["kernel_size"], layer["stride"], layer["padding"]]:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import BinaryLayer, ReCUConv1d, ReCUConv2d, ReCULinear
-from .export import _unwrap
+from ...nn import BinaryLayer, ReCUConv1d, ReCUConv2d, ReCULinear
+from .packable import unwrap
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "INPUT_NAME", "OUTPUT_NAME", "ORT_WEIGHT_FOLDING", "where_sign",
            "OnnxBinaryLayer", "onnx_twin", "default_input_shape", "export_onnx", "onnxruntime_session"]
@@ -161,7 +161,7 @@ def onnx_twin(model: nn.Module) -> nn.Module:
     ``model`` itself is not modified. Its outputs equal the model's eval outputs (the same float32
     operations, layer by layer).
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     _check_float32(model)
     twin = copy.deepcopy(model).eval()  # eval: the weights, scales and BatchNorms of the eval forward
     replacements = {name: OnnxBinaryLayer(m) for name, m in twin.named_modules() if isinstance(m, BinaryLayer)}
@@ -182,7 +182,7 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...]:
 
     C is the spec's ``in_channels`` (3 when not given). A model without ``recu_spec`` has no default.
     """
-    spec = getattr(_unwrap(model), "recu_spec", None)
+    spec = getattr(unwrap(model), "recu_spec", None)
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError("the model has no recu_spec to take an input shape from; pass input_shape, e.g. (3, 32, 32)")
     channels = int((spec.get("kwargs") or {}).get("in_channels", 3))
@@ -318,9 +318,9 @@ def export_onnx(
 
     proto = _run_exporter(twin, sample, opset, dynamic_batch)
     n_binary = sum(isinstance(m, OnnxBinaryLayer) for m in twin.modules())
-    from .. import __version__
+    from ... import __version__
 
-    spec = getattr(_unwrap(model), "recu_spec", None)
+    spec = getattr(unwrap(model), "recu_spec", None)
     meta = {"recu_version": __version__, "recu_binary_layers": str(n_binary)}
     if spec is not None:
         meta["recu_model_spec"] = json.dumps(spec, default=str)

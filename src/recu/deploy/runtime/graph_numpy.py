@@ -6,8 +6,8 @@ is missing and the reference the compiled plan is tested against, so every op fo
 steps the plan's kernels are specified with:
 
 - ``binary_conv2d`` / ``binary_linear``: the exact integer XNOR-popcount dot products of the packed
-  signs (:func:`recu.deploy.kernels.binary_conv2d_numpy`), then the layer's float32 epilogue
-  (:func:`recu.deploy.kernels.epilogue_numpy`: alpha, bias, folded BatchNorm).
+  signs (:func:`recu.deploy.runtime.kernels.reference.binary_conv2d_numpy`), then the layer's float32 epilogue
+  (:func:`recu.deploy.runtime.kernels.reference.epilogue_numpy`: alpha, bias, folded BatchNorm).
 - ``conv2d``: one float32 fma chain per output over (kernel row, column, input channel), the plan's order
   (:mod:`recu.deploy.fma_numpy`, bit for bit on every CPU; PyTorch's oneDNN sums so on some CPUs and shapes); ``linear``: products summed in float64, rounded once to float32; both then ``+ bias`` in float32.
 - ``batch_norm``: ``fma(x, scale, shift)``, rounded once (:func:`recu.deploy.fma_numpy.fma32`).
@@ -21,12 +21,13 @@ output are in PyTorch's layout (NCHW, or ``(N, C)``).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from .fma_numpy import conv2d_fma_chain, fma32
-from .kernels import PackedConvWeights, binary_conv2d_numpy, epilogue_numpy, epilogue_table
+from .kernels.reference import binary_conv2d_numpy, epilogue_numpy, epilogue_table
+from .kernels.weights import PackedConvWeights
 from .pack import pack_signs_numpy, unpackbits_bytes
 from .validate import GRAPH_VERSION, DeployFileError, check_graph
 
@@ -177,17 +178,25 @@ def _add(ctx: _Context, node: Mapping, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return x + y
 
 
-def _avg_pool2d(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
+def _pool_windows(node: Mapping, x: np.ndarray, fill: float) -> tuple[Iterator[np.ndarray], tuple[int, int]]:
+    """The (N, OH, OW, C) tap views of a pooling node over ``x`` padded with ``fill``, and (OH, OW)."""
     attrs = node["attrs"]
     (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
     _need_rank(node, x, 4)
-    n, h, w, c = x.shape
+    _, h, w, _ = x.shape
     oh, ow = _out_size(node, h, kh, sh, ph), _out_size(node, w, kw, sw, pw)
-    xp = _padded(x, ph, pw, 0.0, np.float32)
+    xp = _padded(x, ph, pw, fill, np.float32)
+    return (_taps(xp, i, j, oh, ow, sh, sw) for i in range(kh) for j in range(kw)), (oh, ow)
+
+
+def _avg_pool2d(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
+    attrs = node["attrs"]
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    taps, (oh, ow) = _pool_windows(node, x, 0.0)
+    n, h, w, c = x.shape
     acc = np.zeros((n, oh, ow, c), dtype=np.float32)
-    for i in range(kh):  # padded taps add +0.0, which leaves a float32 sum unchanged
-        for j in range(kw):
-            acc += _taps(xp, i, j, oh, ow, sh, sw)
+    for tap in taps:  # padded taps add +0.0, which leaves a float32 sum unchanged
+        acc += tap
     return acc / _pool_divisor(h, w, oh, ow, kh, kw, sh, sw, ph, pw, bool(attrs["count_include_pad"]))
 
 
@@ -206,16 +215,10 @@ def _pool_divisor(h: int, w: int, oh: int, ow: int, kh: int, kw: int, sh: int, s
 
 
 def _max_pool2d(ctx: _Context, node: Mapping, x: np.ndarray) -> np.ndarray:
-    attrs = node["attrs"]
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
-    _need_rank(node, x, 4)
-    n, h, w, c = x.shape
-    oh, ow = _out_size(node, h, kh, sh, ph), _out_size(node, w, kw, sw, pw)
-    xp = _padded(x, ph, pw, -np.inf, np.float32)
-    out = np.full((n, oh, ow, c), -np.inf, dtype=np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            np.maximum(out, _taps(xp, i, j, oh, ow, sh, sw), out=out)
+    taps, (oh, ow) = _pool_windows(node, x, -np.inf)
+    out = np.full((x.shape[0], oh, ow, x.shape[3]), -np.inf, dtype=np.float32)
+    for tap in taps:
+        np.maximum(out, tap, out=out)
     return out
 
 

@@ -11,14 +11,15 @@ Conventions (shared by every kernel and by the file format):
 - Activations are packed NHWC: ``(N, H, W, ceil(C / 64))``; weights ``(C_out, KH, KW, ceil(C_in / 64))``.
   Spatial padding is never materialised: the kernels skip the taps that fall outside the input.
 
-This module holds the NumPy reference path; the compiled packers live in
-:mod:`recu.deploy._numba_kernels` and are reached through :func:`pack_activations`.
+This module holds the NumPy reference path and imports nothing else of recu; the compiled packers live
+in :mod:`recu.deploy.runtime.kernels.packing` and are reached through
+:func:`recu.deploy.runtime.kernels.conv.pack_activations`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +32,6 @@ __all__ = [
     "pack_signs_numpy",
     "unpack_signs_numpy",
     "pack_weights",
-    "pack_activations",
     "packbits_bytes",
     "unpackbits_bytes",
 ]
@@ -108,22 +108,3 @@ def pack_weights(w_sign: np.ndarray | Tensor) -> np.ndarray:
     if w.ndim != 4:
         raise ValueError(f"conv weight must be 4-D (C_out, C_in, KH, KW), got shape {w.shape}")
     return pack_signs_numpy(np.transpose(w, (0, 2, 3, 1)))
-
-
-def pack_activations(x: Tensor, impl: Optional[str] = None) -> np.ndarray:
-    """Pack a float NCHW tensor (any memory format) by sign -> ``(N, H, W, ceil(C / 64))`` uint64.
-
-    ``impl`` selects the path as in :func:`recu.deploy.kernels.resolve_kernel`; the compiled
-    packers read the float tensor directly (no float sign tensor is materialised).
-    """
-    from .kernels import resolve_kernel
-
-    if x.dim() != 4:
-        raise ValueError(f"expected an NCHW activation tensor, got shape {tuple(x.shape)}")
-    x = x.detach()
-    kind = resolve_kernel(impl)
-    if kind == "numpy":
-        return pack_signs_numpy(x.permute(0, 2, 3, 1))
-    from . import _numba_kernels as nk
-
-    return nk.pack_nchw_tensor(x)

@@ -8,7 +8,7 @@ fused, a residual add + activation run inside the binary conv that feeds it, a B
 activation inside the float conv that feeds it (row by row, while the row is in cache) and the
 ImageNet stem's max pool inside the stem's row, every activation at a fixed offset of one float32
 arena (buffers reused once their last reader has run), the parameters and binary weights in flat
-arrays laid out for the chosen kernels - and each call is then a single numba call (:func:`recu.deploy._plan_kernels.run_plan`).
+arrays laid out for the chosen kernels - and each call is then a single numba call (:func:`recu.deploy.runtime.kernels.plan_exec.run_plan`).
 Without numba the same graph runs on NumPy (:mod:`recu.deploy.graph_numpy`), slowly.
 
 Nothing here imports torch: a deployment machine needs numpy, numba and safetensors only.
@@ -17,6 +17,7 @@ Nothing here imports torch: a deployment machine needs numpy, numba and safetens
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional, Union
@@ -24,17 +25,9 @@ from typing import Any, Callable, Iterable, Optional, Union
 import numpy as np
 
 from .fileio import read_metadata, read_tensors
-from .kernels import (
-    ENV_VAR,
-    PackedConvWeights,
-    epilogue_table,
-    has_vpopcntdq,
-    layer_kernel,
-    numba_available,
-    resolve_kernel,
-    set_num_threads,
-    target_has_avx512f,
-)
+from .kernels.cpu import ENV_VAR, has_vpopcntdq, layer_kernel, numba_available, resolve_kernel, target_has_avx512f
+from .kernels.reference import epilogue_table
+from .kernels.weights import PackedConvWeights
 from .pack import unpackbits_bytes
 from .validate import DeployFileError, check_file
 
@@ -46,7 +39,7 @@ _FUSABLE_ACTS = ("hardtanh", "relu")
 
 
 def taps_enabled() -> bool:
-    """Tap-row packing of narrow layers on the avx512 path (:mod:`._tap_kernels`); ``RECU_DEPLOY_TAPS=0``
+    """Tap-row packing of narrow layers on the avx512 path (:mod:`.kernels.taps`); ``RECU_DEPLOY_TAPS=0``
     turns it off (to measure against the one-word-per-tap kernel: both give the same bits)."""
     return os.environ.get("RECU_DEPLOY_TAPS", "1").strip() != "0"
 
@@ -54,13 +47,13 @@ def taps_enabled() -> bool:
 def packs_taps(kind: str, c_in: int, kw: int) -> bool:
     """Whether the plan runs a binary conv on kernel path ``kind`` with its kernel rows' taps packed
     together (``c_in`` input channels, kernel width ``kw``)."""
-    from ._tap_kernels import use_taps
+    from .kernels.taps import use_taps
 
     return kind == "avx512" and use_taps(c_in, kw) and taps_enabled()
 
 
 def plan_layer_kernel(impl: Optional[str], c_in: int, kw: int) -> str:
-    """The path of one binary conv in a plan: :func:`~recu.deploy.kernels.layer_kernel`, except that an
+    """The path of one binary conv in a plan: :func:`~recu.deploy.runtime.kernels.cpu.layer_kernel`, except that an
     ``auto`` choice of ``amx`` takes the kernel-row packed ``avx512`` path for every layer it packs
     (``C % 16 == 0``, kernel width > 1): in a plan that path writes the next layer's signs from its
     register epilogue, fuses the skip connection and runs the edge columns in register blocks. In
@@ -103,7 +96,7 @@ class _Arrays:
         return start
 
     def array(self) -> np.ndarray:
-        from ._amx_kernels import aligned_empty
+        from .kernels.amx import aligned_empty
 
         out = aligned_empty(max(self.size, 1), self.dtype)
         out[:self.size] = np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
@@ -322,7 +315,7 @@ class _Builder:
     """Turns fused nodes into the executor's tables for one input shape, kernel choice and thread count."""
 
     def __init__(self, meta: dict, tensors: dict, impl: Optional[str], threads: int) -> None:
-        from . import _plan_kernels as pk
+        from .kernels import plan_exec as pk
 
         self.pk = pk
         self.meta, self.tensors, self.impl, self.threads = meta, tensors, impl, threads
@@ -353,7 +346,7 @@ class _Builder:
         return tuple(self.vals[self.value_of[name]][1:])  # type: ignore[return-value]
 
     def _row(self, op: int, ins: list[str], out: int, params: list[int], work: int) -> None:
-        from ._numba_kernels import PARALLEL_MIN_WORK
+        from .kernels.threads import PARALLEL_MIN_WORK
 
         row = np.zeros(self.pk.N_FIELDS, np.int64)
         row[self.pk.F_OP] = op
@@ -446,7 +439,7 @@ class _Builder:
               node: _Node, v: int) -> None:
         """A narrow layer on the avx512 path with each kernel row's taps packed together, reading its
         input's signs from row buffers of its own; a tap-packed producer of that input writes them."""
-        from . import _tap_kernels as tk
+        from .kernels import taps as tk
 
         pk = self.pk
         n, h, w = xshape
@@ -488,8 +481,8 @@ class _Builder:
 
     def _amx(self, weights: PackedConvWeights, xshape: tuple, geom: tuple, params: list[int], work: int,
              node: _Node, v: int) -> None:
-        from . import _amx_kernels as ak
-        from ._numba_kernels import PARALLEL_MIN_WORK
+        from .kernels import amx as ak
+        from .kernels.threads import PARALLEL_MIN_WORK
 
         n, h, w, c = xshape
         kh, kw, sh, sw, ph, pw = geom
@@ -657,7 +650,7 @@ class _Plan:
 def build_plan(meta: dict, tensors: dict, input_shape: tuple[int, int, int, int], *, impl: Optional[str] = None,
                threads: int = 1) -> _Plan:
     """The plan of the file's graph for an NCHW ``input_shape``."""
-    from . import _amx_kernels as ak
+    from .kernels import amx as ak
 
     graph = meta.get("graph")
     if not graph:
@@ -736,11 +729,8 @@ class CompiledModel:
         self.num_threads = n
 
     def _threads(self) -> int:
-        if self.num_threads:
-            return set_num_threads(self.num_threads)
-        import numba
-
-        return set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        set_threads, default = self._executor()[1:]
+        return set_threads(self.num_threads or default)
 
     def _check(self, x: np.ndarray) -> None:
         c = self.input_channels
@@ -756,19 +746,18 @@ class CompiledModel:
             logits = run_checked_graph(self.metadata, self.tensors, arr)
         else:
             logits = self._run(arr)
-        if is_torch:
-            import torch
-
-            return torch.from_numpy(logits)
+        if is_torch:  # a tensor came in, so PyTorch is imported
+            return sys.modules["torch"].from_numpy(logits)
         return logits
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        pk = self._executor()
+        pk = self._executor()[0]
         with self._lock:
             threads = self._threads()
             plan = self._plans.get((x.shape, threads)) or self._new_plan(x.shape, threads)
             if plan.uses_amx:
-                from ._amx_kernels import TILE_CONFIG, request_amx
+                from .kernels.amx import TILE_CONFIG
+                from .kernels.cpu import request_amx
 
                 if not request_amx():  # an AMX instruction without the OS's grant is SIGILL
                     raise RuntimeError("this process has no AMX tile state; use kernel 'avx512' or 'portable'")
@@ -779,13 +768,18 @@ class CompiledModel:
             return plan.logits.copy()
 
     def _executor(self):  # type: ignore[no-untyped-def]
-        """The compiled executor module, its on-disk cache checked once (kept: at batch 1 a ResNet-20
-        runs in ~0.2 ms, and per-call imports and checks were measurable)."""
+        """(the compiled executor module, set_num_threads, numba's default thread count), the on-disk
+        cache checked once (kept: at batch 1 a ResNet-20 runs in ~0.2 ms, and per-call imports and checks
+        were measurable)."""
         if self._pk is None:
-            from . import _plan_kernels as pk
+            import numba
 
-            pk.ensure_fresh_cache()
-            self._pk = pk
+            from .kernels import plan_exec as pk
+            from .kernels.cache import ensure_fresh_cache
+            from .kernels.threads import set_num_threads
+
+            ensure_fresh_cache()
+            self._pk = (pk, set_num_threads, numba.config.NUMBA_NUM_THREADS)
         return self._pk
 
     def _new_plan(self, shape: tuple, threads: int) -> _Plan:

@@ -1,4 +1,4 @@
-"""Binary conv2d on Intel AMX tiles (int8 +-1 operands). Internal: use :mod:`recu.deploy.kernels`.
+"""Binary conv2d on Intel AMX tiles (int8 +-1 operands). The driver is :mod:`.conv`.
 
 A product of two signs is +-1, so the dot product of the sign vectors is an int8 dot product
 (``tdpbssd``: 16 x 16 int32 results from 16 x 64 and 64 x 16 int8 tiles, 16,384 multiply-
@@ -32,39 +32,19 @@ without permission kills the process with SIGILL).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import platform
-import sys
 import threading
 
 import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._float_kernels import add_clamp16
-from ._numba_kernels import _jit, _prefer_512_bit, epilogue
+from .float_ops import add_clamp16
+from .jit import epilogue, jit, prefer_512_bit
 
 TILE_ROWS = 16  # pixels per A tile, output channels per B tile
 TILE_BYTES = 64  # input channels per step (one A row)
 GROUP = 4  # pixel tiles per register block
-
-_ARCH_REQ_XCOMP_PERM = 0x1023
-_XFEATURE_XTILEDATA = 18
-_SYS_ARCH_PRCTL = 158  # x86_64
-
-
-@functools.lru_cache(maxsize=None)
-def request_amx() -> bool:
-    """Ask Linux for AMX tile state for this process; True when granted (x86_64 Linux only)."""
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
-
 
 def tile_config() -> np.ndarray:
     """The 64-byte ``ldtilecfg`` block: palette 1, all 8 tiles 16 rows x 64 bytes."""
@@ -150,7 +130,7 @@ def dot_4x1(typingctx, x, abase, aidx, astride, wbits, woff, toff, steps, acc, s
         from llvmlite import ir
 
         _amx_attrs(builder.function)
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         i8, i64 = ir.IntType(8), ir.IntType(64)
         p8 = i8.as_pointer()
         v64 = ir.VectorType(i8, 64)
@@ -251,7 +231,7 @@ def write_rows(typingctx, acc, pix, pidx, out_i, epi, out_f, o0, affine):  # typ
         from llvmlite import ir
         from numba.core import cgutils
 
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         i64 = ir.IntType(64)
         f16 = ir.VectorType(ir.FloatType(), TILE_ROWS)
         i16 = ir.VectorType(ir.IntType(32), TILE_ROWS)
@@ -306,7 +286,7 @@ def sign_int8_64(typingctx, x, src, y, dst):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         from llvmlite import ir
 
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         xa = context.make_array(signature.args[0])(context, builder, args[0])
         ya = context.make_array(signature.args[2])(context, builder, args[2])
         fv = ir.VectorType(ir.FloatType(), 64)
@@ -320,7 +300,7 @@ def sign_int8_64(typingctx, x, src, y, dst):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@_jit()
+@jit()
 def _sign_pixel(x, src, c_, y, dst, cp_):  # type: ignore[no-untyped-def]
     full = c_ // 64
     for j in range(full):
@@ -331,7 +311,7 @@ def _sign_pixel(x, src, c_, y, dst, cp_):  # type: ignore[no-untyped-def]
         y[dst + c] = 0
 
 
-@_jit()
+@jit()
 def _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y):  # type: ignore[no-untyped-def]
     """Padded row ``r`` (= n * Hp + i) of :func:`sign_nhwc_padded_serial`: signs inside, zeros in the padding."""
     n = r // hp
@@ -353,7 +333,7 @@ def _sign_row(r, x, h_, w_, c_, ph, pw, hp, wp, cp_, y):  # type: ignore[no-unty
         _sign_pixel(x, src + w * c_, c_, y, base + (pw + w) * cp_, cp_)
 
 
-@_jit()
+@jit()
 def sign_nhwc_padded_serial(x, n_, h_, w_, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
     """x: float32 flat NHWC -> y: int8 flat ``(N, H + 2 ph, W + 2 pw, Cp)`` + slack (zeroed): +-1 inside."""
     hp, wp = h_ + 2 * ph, w_ + 2 * pw
@@ -362,7 +342,7 @@ def sign_nhwc_padded_serial(x, n_, h_, w_, c_, ph, pw, cp_, y):  # type: ignore[
     y[n_ * hp * wp * cp_:] = 0
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _add_residual(acc_rows, pix, q0, o0, width, out_f, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """``out_f = clamp(out_f + res, rlo, rhi)`` on the block just written (its pixels, ``width`` channels
     from ``o0``): the plan's fused skip connection, applied while the block is in L1. The clamp is
@@ -381,7 +361,7 @@ def _add_residual(acc_rows, pix, q0, o0, width, out_f, res, rlo, rhi):  # type: 
                 out_f[p, j] = v
 
 
-@_jit()
+@jit()
 def _blocks(lo, hi, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """Register blocks ``lo <= b < hi``: block b is pixel-tile group ``b // NB``, output channels ``16 (b % NB)``.
 
@@ -418,7 +398,7 @@ def _blocks(lo, hi, x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, 
     tile_release()
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def conv_amx(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, chunks):  # type: ignore[no-untyped-def]
     """Binary conv2d on AMX tiles, ``chunks`` runs of register blocks across threads.
 
@@ -434,7 +414,7 @@ def conv_amx(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine,
                 out_i, epi, out_f, affine, cfg, out_f[:0], np.float32(0), np.float32(0))
 
 
-@_jit()
+@jit()
 def conv_amx_serial(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, chunks):  # type: ignore[no-untyped-def]
     """:func:`conv_amx` on the calling thread (``chunks`` is ignored)."""
     total = (abase.shape[0] // GROUP) * ((c_out + TILE_ROWS - 1) // TILE_ROWS)
@@ -442,7 +422,7 @@ def conv_amx_serial(x, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, 
             np.float32(0))
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f,
                   affine, cfg, chunks, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """:func:`sign_nhwc_padded_serial` of the float NHWC input ``xf`` into ``x8``, then :func:`conv_amx`: one call.
@@ -459,7 +439,7 @@ def sign_conv_amx(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride,
                 out_i, epi, out_f, affine, cfg, res, rlo, rhi)
 
 
-@_jit()
+@jit()
 def sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, astride, pix, c_out, out_i, epi,
                          out_f, affine, cfg, chunks, res, rlo, rhi):  # type: ignore[no-untyped-def]
     """:func:`sign_conv_amx` on the calling thread (``chunks`` is ignored)."""
@@ -468,7 +448,7 @@ def sign_conv_amx_serial(xf, n_, h_, w_, c_, ph, pw, cp_, x8, wb, toff, abase, a
     _blocks(0, total, x8, wb, toff, abase, astride, pix, c_out, out_i, epi, out_f, affine, cfg, res, rlo, rhi)
 
 
-@_jit()
+@jit()
 def _bits_row(r, a, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
     h_, w_ = a.shape[1], a.shape[2]
     hp, wp = h_ + 2 * ph, w_ + 2 * pw
@@ -486,7 +466,7 @@ def _bits_row(r, a, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
             y[dst + c] = 1 if bit else -1
 
 
-@_jit()
+@jit()
 def bits_to_int8_padded(a, c_, ph, pw, cp_, y):  # type: ignore[no-untyped-def]
     """Packed NHWC uint64 signs -> the int8 padded layout of :func:`sign_nhwc_padded_serial` (for packed inputs)."""
     n_, h_ = a.shape[0], a.shape[1]

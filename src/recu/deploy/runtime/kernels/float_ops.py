@@ -44,7 +44,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._numba_kernels import _jit, _prefer_512_bit, fma32
+from .jit import jit, prefer_512_bit, fma32
 
 __all__ = [
     "ACT_NONE",
@@ -150,7 +150,7 @@ def _make_conv_block(pixels: int, blocks: int, lanes: int = 8):  # type: ignore[
         return types.void(x, i, i, i, w, i, i, i, i, i, out, i, i, bias, i), codegen
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         w_arr = context.make_array(signature.args[4])(context, builder, args[4])
         o_arr = context.make_array(signature.args[10])(context, builder, args[10])
@@ -252,7 +252,7 @@ def _make_dot_lanes(outputs: int):  # type: ignore[no-untyped-def]
         return result(x, i, w, i, i, i), codegen
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         w_arr = context.make_array(signature.args[2])(context, builder, args[2])
         xoff, woff, wstride, n8 = args[1], args[3], args[4], args[5]
@@ -324,7 +324,7 @@ _dot_lanes_1 = _make_dot_lanes(1)
 # Shared helpers
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _clamp(v, lo, hi):  # type: ignore[no-untyped-def]
     """``v`` clamped to ``[lo, hi]`` as PyTorch's clamp: NaN and -0.0 pass through unchanged."""
     if v < lo:
@@ -334,7 +334,7 @@ def _clamp(v, lo, hi):  # type: ignore[no-untyped-def]
     return v
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _act_bounds(act, lo, hi):  # type: ignore[no-untyped-def]
     """float32 ``(lo, hi)`` that make :func:`_clamp` the activation ``act`` (0 none, 1 clamp, 2 ReLU).
 
@@ -349,19 +349,19 @@ def _act_bounds(act, lo, hi):  # type: ignore[no-untyped-def]
     raise ValueError("activation code must be 0 (none), 1 (hardtanh) or 2 (relu)")
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_same_shape(x, out):  # type: ignore[no-untyped-def]
     if x.shape != out.shape:
         raise ValueError("elementwise kernel: out must have the input's shape")
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_channels(x, vec):  # type: ignore[no-untyped-def]
     if vec.shape[0] != x.shape[3]:
         raise ValueError("per-channel vector length must equal the number of channels")
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_pool(x, kh, kw, sh, sw, ph, pw, out, channels):  # type: ignore[no-untyped-def]
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError("pooling: kernel and stride must be >= 1 and padding >= 0")
@@ -376,7 +376,7 @@ def _check_pool(x, kh, kw, sh, sw, ph, pw, out, channels):  # type: ignore[no-un
 # conv2d
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_conv2d(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError("conv2d_nhwc: stride must be >= 1 and padding >= 0")
@@ -390,7 +390,7 @@ def _check_conv2d(x, w, bias, sh, sw, ph, pw, out):  # type: ignore[no-untyped-d
     return out.shape[0] * out.shape[1]
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o_lo, o_hi, acc, out):  # type: ignore[no-untyped-def]
     """Output channels ``[o_lo, o_hi)`` of output pixel (n, oh, ow), for any padding.
 
@@ -420,7 +420,7 @@ def _conv2d_pixel(n, oh, ow, x, w, bias, sh, sw, ph, pw, o_lo, o_hi, acc, out): 
         out[n, oh, ow, o] = acc[o] + bias[o]
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst, bias, o16, px):  # type: ignore[no-untyped-def]
     """Output channels [0, o16) of ``px`` pixels (8: o16 = 16 only, 4 or 1) in 512-bit blocks of 64, 32, 16."""
     if px == 8:  # one block of 16 channels: 8 pixels give the 8 independent fma chains 2 FMA units need
@@ -445,7 +445,7 @@ def _wide_blocks(xf, xoff, xstep, xrow, wf, woff, wrow, rows, taps, o_, of, dst,
         o0 += 64 if left >= 64 else (32 if left >= 32 else 16)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _kernel_rows(r, oh_, sh, ph, kh_, h_):  # type: ignore[no-untyped-def]
     """Output row ``r`` (= n * OH + oh): (n, first input row ih0, first kernel row inside the input kh0,
     kernel rows inside the input)."""
@@ -455,14 +455,14 @@ def _kernel_rows(r, oh_, sh, ph, kh_, h_):  # type: ignore[no-untyped-def]
     return n, ih0, kh0, max(0, min(kh_, h_ - ih0) - kh0)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _block_pixels(wide, o16):  # type: ignore[no-untyped-def]
     """Output pixels per register block: 8 for a single 512-bit block of 16 channels (8 independent
     fma chains keep both FMA units busy), else 4."""
     return 2 * CONV_PIXELS if wide and o16 == 16 else CONV_PIXELS
 
 
-@_jit()
+@jit()
 def _conv2d_rows(r0, r1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo, hi):  # type: ignore[no-untyped-def]
     """Output rows [r0, r1) (row = n * OH + oh) of :func:`conv2d_nhwc`; when ``scale`` has O entries,
     each row is followed at once (still in cache) by ``clamp(fma(row, scale, shift), lo, hi)`` (a
@@ -484,7 +484,7 @@ def _conv2d_rows(r0, r1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo
             _affine_act_row(r, out, scale, shift, lo, hi, out)
 
 
-@_jit()
+@jit()
 def _conv2d_rows_unpadded(r0, r1, x, xf, w, wf, bias, sh, sw, ph, out, of, px, bn, scale, shift, lo,
                           hi):  # type: ignore[no-untyped-def]
     """:func:`_conv2d_rows` without horizontal padding (an input padded by its producer, a 1x1 conv),
@@ -508,7 +508,7 @@ def _conv2d_rows_unpadded(r0, r1, x, xf, w, wf, bias, sh, sw, ph, out, of, px, b
             _affine_act_row(r, out, scale, shift, lo, hi, out)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _conv2d_row(r, x, xf, w, wf, bias, sh, sw, ph, pw, out, of, acc, wide):  # type: ignore[no-untyped-def]
     """Output row ``r`` (= n * OH + oh) of :func:`conv2d_nhwc` (``xf``, ``wf``, ``of``: flat views).
 
@@ -574,7 +574,7 @@ def _conv2d_row(r, x, xf, w, wf, bias, sh, sw, ph, pw, out, of, acc, wide):  # t
         ow += 1
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """Float conv2d (groups 1, dilation 1, zero padding), output rows across threads.
 
@@ -589,7 +589,7 @@ def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no
         _conv2d_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, out, wide, bias[:0], bias[:0], lo, lo)
 
 
-@_jit()
+@jit()
 def conv2d_nhwc_serial(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """:func:`conv2d_nhwc` on the calling thread."""
     rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
@@ -613,7 +613,7 @@ def _vec16_codegen(op: str):  # type: ignore[no-untyped-def]
     from numba.core import cgutils
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         v16 = ir.VectorType(ir.FloatType(), 16)
         arrays = [context.make_array(t)(context, builder, a)
                   for t, a in zip(signature.args, args) if isinstance(t, types.Array)]
@@ -698,7 +698,7 @@ def _make_window16(kind: str, vectors: int = 1):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         from llvmlite import ir
 
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
         o_arr = context.make_array(signature.args[6])(context, builder, args[6])
         base, rows, cols, rowstride, colstride, ooff = args[1:6] + (args[7],)
@@ -825,7 +825,7 @@ def interleave3x16(typingctx, x, xoff, plane, out, ooff):  # type: ignore[no-unt
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         from llvmlite import ir
 
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         i64 = ir.IntType(64)
         v16 = ir.VectorType(ir.FloatType(), 16)
         x_arr = context.make_array(signature.args[0])(context, builder, args[0])
@@ -870,7 +870,7 @@ def copy16(typingctx, x, xoff, out, ooff):  # type: ignore[no-untyped-def]
     return types.void(x, types.int64, out, types.int64), codegen
 
 
-@_jit()
+@jit()
 def _affine_act_row(r, x, scale, shift, lo, hi, out):  # type: ignore[no-untyped-def]
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     n = r // h_
@@ -886,7 +886,7 @@ def _affine_act_row(r, x, scale, shift, lo, hi, out):  # type: ignore[no-untyped
             out[n, h, w, c] = _clamp(fma32(x[n, h, w, c], scale[c], shift[c]), lo, hi)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def affine_act(x, scale, shift, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """Eval BatchNorm then activation: ``out = act(fma(x, scale[c], shift[c]))`` in float32.
 
@@ -900,7 +900,7 @@ def affine_act(x, scale, shift, act, lo, hi, out):  # type: ignore[no-untyped-de
         _affine_act_row(r, x, scale, shift, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def affine_act_serial(x, scale, shift, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """:func:`affine_act` on the calling thread."""
     _check_same_shape(x, out)
@@ -911,7 +911,7 @@ def affine_act_serial(x, scale, shift, act, lo, hi, out):  # type: ignore[no-unt
         _affine_act_row(r, x, scale, shift, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def _add_act_row(r, x, y, lo, hi, out):  # type: ignore[no-untyped-def]
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     n = r // h_
@@ -925,7 +925,7 @@ def _add_act_row(r, x, y, lo, hi, out):  # type: ignore[no-untyped-def]
         out[n, h, w, c] = _clamp(x[n, h, w, c] + y[n, h, w, c], lo, hi)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def add_act(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """Residual add then activation: ``out = act(x + y)`` in float32 (``out`` may be ``x`` or ``y``)."""
     _check_same_shape(x, out)
@@ -935,7 +935,7 @@ def add_act(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _add_act_row(r, x, y, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def add_act_serial(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """:func:`add_act` on the calling thread."""
     _check_same_shape(x, out)
@@ -945,7 +945,7 @@ def add_act_serial(x, y, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _add_act_row(r, x, y, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def _bias_act_row(r, x, bias, lo, hi, out):  # type: ignore[no-untyped-def]
     h_ = x.shape[1]
     n = r // h_
@@ -955,7 +955,7 @@ def _bias_act_row(r, x, bias, lo, hi, out):  # type: ignore[no-untyped-def]
             out[n, h, w, c] = _clamp(x[n, h, w, c] + bias[c], lo, hi)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def bias_act(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """Per-channel bias (ReActNet's LearnableBias) then activation: ``out = act(x + bias[c])``."""
     _check_same_shape(x, out)
@@ -965,7 +965,7 @@ def bias_act(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _bias_act_row(r, x, bias, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def bias_act_serial(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """:func:`bias_act` on the calling thread."""
     _check_same_shape(x, out)
@@ -975,7 +975,7 @@ def bias_act_serial(x, bias, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _bias_act_row(r, x, bias, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def _act_only_row(r, x, lo, hi, out):  # type: ignore[no-untyped-def]
     h_ = x.shape[1]
     n = r // h_
@@ -985,7 +985,7 @@ def _act_only_row(r, x, lo, hi, out):  # type: ignore[no-untyped-def]
             out[n, h, w, c] = _clamp(x[n, h, w, c], lo, hi)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def act_only(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """The activation alone (hardtanh or ReLU; ``out`` may be ``x``)."""
     _check_same_shape(x, out)
@@ -994,7 +994,7 @@ def act_only(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _act_only_row(r, x, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def act_only_serial(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
     """:func:`act_only` on the calling thread."""
     _check_same_shape(x, out)
@@ -1003,7 +1003,7 @@ def act_only_serial(x, act, lo, hi, out):  # type: ignore[no-untyped-def]
         _act_only_row(r, x, lo32, hi32, out)
 
 
-@_jit()
+@jit()
 def _prelu_row(r, x, weight, out):  # type: ignore[no-untyped-def]
     h_ = x.shape[1]
     n = r // h_
@@ -1021,14 +1021,14 @@ def _prelu_row(r, x, weight, out):  # type: ignore[no-untyped-def]
                 out[n, h, w, c] = v if v > 0 else weight[c] * v
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_prelu(x, weight, out):  # type: ignore[no-untyped-def]
     _check_same_shape(x, out)
     if weight.shape[0] != 1 and weight.shape[0] != x.shape[3]:
         raise ValueError("prelu: weight must have 1 or C elements")
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def prelu(x, weight, out):  # type: ignore[no-untyped-def]
     """PReLU as PyTorch: ``x if x > 0 else weight * x`` (weight (C,) or (1,); NaN stays NaN)."""
     _check_prelu(x, weight, out)
@@ -1036,7 +1036,7 @@ def prelu(x, weight, out):  # type: ignore[no-untyped-def]
         _prelu_row(r, x, weight, out)
 
 
-@_jit()
+@jit()
 def prelu_serial(x, weight, out):  # type: ignore[no-untyped-def]
     """:func:`prelu` on the calling thread."""
     _check_prelu(x, weight, out)
@@ -1048,7 +1048,7 @@ def prelu_serial(x, weight, out):  # type: ignore[no-untyped-def]
 # Pooling. Rows are (n, oh).
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _zero_channels(out, n, h, w, c0, count):  # type: ignore[no-untyped-def]
     """``out[n, h, w, c0:c0 + count] = 0``: 16-lane stores (flat offsets; a reshape here would call
     numba's C reshape helper per pixel), then single ones."""
@@ -1060,7 +1060,7 @@ def _zero_channels(out, n, h, w, c0, count):  # type: ignore[no-untyped-def]
         out[n, h, w, c] = 0.0
 
 
-@_jit()
+@jit()
 def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out):  # type: ignore[no-untyped-def]
     """Output row ``r`` of :func:`avg_pool2d_nhwc`, in the steps of PyTorch's CPU kernel; the pooled
     channels go to ``out``'s channels ``[before, before + C)``, its others are set to 0."""
@@ -1103,14 +1103,14 @@ def _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out
             out[n, oh, ow, before + c] = out[n, oh, ow, before + c] / divisor
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_avg_pool(x, kh, kw, sh, sw, ph, pw, before, after, out):  # type: ignore[no-untyped-def]
     if before < 0 or after < 0:
         raise ValueError("avg pooling: before and after must be >= 0")
     return _check_pool(x, kh, kw, sh, sw, ph, pw, out, before + x.shape[3] + after)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def avg_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, before=0, after=0):  # type: ignore[no-untyped-def]
     """``F.avg_pool2d`` (ceil_mode False) bit for bit: taps summed row-major in float32 from 0.0,
     then divided once by the count (the whole window with ``count_include_pad``, else its valid taps).
@@ -1123,7 +1123,7 @@ def avg_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, before=0,
         _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out)
 
 
-@_jit()
+@jit()
 def avg_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, before=0, after=0):  # type: ignore[no-untyped-def]
     """:func:`avg_pool2d_nhwc` on the calling thread."""
     rows = _check_avg_pool(x, kh, kw, sh, sw, ph, pw, before, after, out)
@@ -1131,7 +1131,7 @@ def avg_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, be
         _avg_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, count_include_pad, before, out)
 
 
-@_jit()
+@jit()
 def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     """Output row ``r`` of :func:`max_pool2d_nhwc`: PyTorch's rule ``v > max or isnan(v)`` per tap."""
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
@@ -1164,7 +1164,7 @@ def _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyp
                     out[n, oh, ow, c] = v if (v > m or v != v) else m
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def max_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     """``F.max_pool2d`` (dilation 1, ceil_mode False): padding never wins, NaN propagates, and of
     equal values (0.0 and -0.0) the first tap in row-major order is kept, as PyTorch does."""
@@ -1173,7 +1173,7 @@ def max_pool2d_nhwc(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-
         _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
 
 
-@_jit()
+@jit()
 def max_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-untyped-def]
     """:func:`max_pool2d_nhwc` on the calling thread."""
     rows = _check_pool(x, kh, kw, sh, sw, ph, pw, out, x.shape[3])
@@ -1181,7 +1181,7 @@ def max_pool2d_nhwc_serial(x, kh, kw, sh, sw, ph, pw, out):  # type: ignore[no-u
         _max_pool2d_row(r, x, kh, kw, sh, sw, ph, pw, out)
 
 
-@_jit()
+@jit()
 def _global_avg_pool_row(n, x, out):  # type: ignore[no-untyped-def]
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     acc = np.empty(c_, dtype=np.float64)  # the one per-row scratch: C float64
@@ -1196,13 +1196,13 @@ def _global_avg_pool_row(n, x, out):  # type: ignore[no-untyped-def]
         out[n, 0, 0, c] = np.float32(acc[c] / count)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_global_avg_pool(x, out):  # type: ignore[no-untyped-def]
     if out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2] != 1 or out.shape[3] != x.shape[3]:
         raise ValueError("global_avg_pool_nhwc: out must be (N, 1, 1, C)")
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def global_avg_pool_nhwc(x, out):  # type: ignore[no-untyped-def]
     """Mean over H and W: float64 sum, divided by H*W, rounded once. out float32 (N, 1, 1, C)."""
     _check_global_avg_pool(x, out)
@@ -1210,7 +1210,7 @@ def global_avg_pool_nhwc(x, out):  # type: ignore[no-untyped-def]
         _global_avg_pool_row(n, x, out)
 
 
-@_jit()
+@jit()
 def global_avg_pool_nhwc_serial(x, out):  # type: ignore[no-untyped-def]
     """:func:`global_avg_pool_nhwc` on the calling thread."""
     _check_global_avg_pool(x, out)
@@ -1222,7 +1222,7 @@ def global_avg_pool_nhwc_serial(x, out):  # type: ignore[no-untyped-def]
 # Layout: channel padding, flatten, NCHW input. Rows are (n, h) of the input.
 
 
-@_jit()
+@jit()
 def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
     h_ = x.shape[1]
     n = r // h_
@@ -1242,7 +1242,7 @@ def _pad_channels_row(r, x, before, out):  # type: ignore[no-untyped-def]
         _zero_channels(out, n, h, w, before + c_, co_ - before - c_)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_pad_channels(x, before, after, out):  # type: ignore[no-untyped-def]
     if before < 0 or after < 0:
         raise ValueError("pad_channels_nhwc: before and after must be >= 0")
@@ -1251,7 +1251,7 @@ def _check_pad_channels(x, before, after, out):  # type: ignore[no-untyped-def]
         raise ValueError("pad_channels_nhwc: out must be (N, H, W, before + C + after)")
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def pad_channels_nhwc(x, before, after, out):  # type: ignore[no-untyped-def]
     """Zero channels around the input's: out (N, H, W, before + C + after) (the option-A shortcut)."""
     _check_pad_channels(x, before, after, out)
@@ -1259,7 +1259,7 @@ def pad_channels_nhwc(x, before, after, out):  # type: ignore[no-untyped-def]
         _pad_channels_row(r, x, before, out)
 
 
-@_jit()
+@jit()
 def pad_channels_nhwc_serial(x, before, after, out):  # type: ignore[no-untyped-def]
     """:func:`pad_channels_nhwc` on the calling thread."""
     _check_pad_channels(x, before, after, out)
@@ -1267,7 +1267,7 @@ def pad_channels_nhwc_serial(x, before, after, out):  # type: ignore[no-untyped-
         _pad_channels_row(r, x, before, out)
 
 
-@_jit()
+@jit()
 def _flatten_nchw_row(r, x, out):  # type: ignore[no-untyped-def]
     h_, w_, c_ = x.shape[1], x.shape[2], x.shape[3]
     n = r // h_
@@ -1279,14 +1279,14 @@ def _flatten_nchw_row(r, x, out):  # type: ignore[no-untyped-def]
             out[n, 0, 0, c * hw + base + w] = x[n, h, w, c]
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_flatten(x, out):  # type: ignore[no-untyped-def]
     if (out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2] != 1
             or out.shape[3] != x.shape[1] * x.shape[2] * x.shape[3]):
         raise ValueError("flatten_nchw: out must be (N, 1, 1, C*H*W)")
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def flatten_nchw(x, out):  # type: ignore[no-untyped-def]
     """``torch.flatten(x, 1)`` of the NCHW tensor: out[n, 0, 0, c*H*W + h*W + w] = x[n, h, w, c].
 
@@ -1297,7 +1297,7 @@ def flatten_nchw(x, out):  # type: ignore[no-untyped-def]
         _flatten_nchw_row(r, x, out)
 
 
-@_jit()
+@jit()
 def flatten_nchw_serial(x, out):  # type: ignore[no-untyped-def]
     """:func:`flatten_nchw` on the calling thread."""
     _check_flatten(x, out)
@@ -1305,7 +1305,7 @@ def flatten_nchw_serial(x, out):  # type: ignore[no-untyped-def]
         _flatten_nchw_row(r, x, out)
 
 
-@_jit()
+@jit()
 def _nchw_to_nhwc_row(r, x, xf, pw, out, of):  # type: ignore[no-untyped-def]
     """Row ``r`` (= n * H + h); ``xf``, ``of``: flat views of ``x`` and ``out`` (made once per call: numba's
     reshape costs ~70 ns, a third of a 224-pixel row's work)."""
@@ -1329,14 +1329,14 @@ def _nchw_to_nhwc_row(r, x, xf, pw, out, of):  # type: ignore[no-untyped-def]
             out[n, h, pw + w, c] = x[n, c, h, w]
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_nchw_to_nhwc(x, pw, out):  # type: ignore[no-untyped-def]
     if (pw < 0 or out.shape[0] != x.shape[0] or out.shape[1] != x.shape[2] or out.shape[2] != x.shape[3] + 2 * pw
             or out.shape[3] != x.shape[1]):
         raise ValueError("nchw_to_nhwc: out must be (N, H, W + 2 * pw, C) for x (N, C, H, W)")
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def nchw_to_nhwc(x, out, pw=0):  # type: ignore[no-untyped-def]
     """The network input: x float32 (N, C, H, W) -> out (N, H, W + 2 * pw, C), ``pw`` zero columns
     each side (the padding of the conv that reads it, which can then run without edge pixels)."""
@@ -1346,7 +1346,7 @@ def nchw_to_nhwc(x, out, pw=0):  # type: ignore[no-untyped-def]
         _nchw_to_nhwc_row(r, x, xf, pw, out, of)
 
 
-@_jit()
+@jit()
 def nchw_to_nhwc_serial(x, out, pw=0):  # type: ignore[no-untyped-def]
     """:func:`nchw_to_nhwc` on the calling thread."""
     _check_nchw_to_nhwc(x, pw, out)
@@ -1359,7 +1359,7 @@ def nchw_to_nhwc_serial(x, out, pw=0):  # type: ignore[no-untyped-def]
 # linear. Work items are (n, block of LINEAR_BLOCK output features).
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _linear_finish(lanes, j, x, w, n, o, i8, bias, out):  # type: ignore[no-untyped-def]
     """Output ``o``: lanes ``8j .. 8j + 7`` of ``lanes`` plus the tail ``i >= i8``, summed in a fixed tree."""
     s0 = lanes[8 * j]
@@ -1370,7 +1370,7 @@ def _linear_finish(lanes, j, x, w, n, o, i8, bias, out):  # type: ignore[no-unty
     out[n, 0, 0, o] = np.float32(s) + bias[o]
 
 
-@_jit()
+@jit()
 def _linear_block(r, x, w, bias, out):  # type: ignore[no-untyped-def]
     """Outputs ``[o0, o0 + LINEAR_BLOCK)`` of sample ``n`` (r = n * blocks + o0 / LINEAR_BLOCK).
 
@@ -1399,7 +1399,7 @@ def _linear_block(r, x, w, bias, out):  # type: ignore[no-untyped-def]
         o += 1
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _check_linear(x, w, bias, out):  # type: ignore[no-untyped-def]
     if x.shape[1] != 1 or x.shape[2] != 1 or x.shape[3] != w.shape[1]:
         raise ValueError("linear_nhwc: x must be (N, 1, 1, I) with I = weight.shape[1]")
@@ -1409,7 +1409,7 @@ def _check_linear(x, w, bias, out):  # type: ignore[no-untyped-def]
     return x.shape[0] * ((w.shape[0] + LINEAR_BLOCK - 1) // LINEAR_BLOCK)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def linear_nhwc(x, w, bias, out):  # type: ignore[no-untyped-def]
     """Float linear layer: x (N, 1, 1, I), w float32 (O, I), bias (O,), out (N, 1, 1, O).
 
@@ -1421,7 +1421,7 @@ def linear_nhwc(x, w, bias, out):  # type: ignore[no-untyped-def]
         _linear_block(r, x, w, bias, out)
 
 
-@_jit()
+@jit()
 def linear_nhwc_serial(x, w, bias, out):  # type: ignore[no-untyped-def]
     """:func:`linear_nhwc` on the calling thread."""
     items = _check_linear(x, w, bias, out)

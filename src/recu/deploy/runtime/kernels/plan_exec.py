@@ -1,10 +1,10 @@
 """The compiled executor of a whole-network plan: one numba call runs every layer.
 
-A plan (:mod:`recu.deploy.plan`) is a table of operations, one int64 row each (``F_*`` columns),
+A plan (:mod:`recu.deploy.runtime.plan`) is a table of operations, one int64 row each (``F_*`` columns),
 over flat arrays: every activation lives in one float32 arena (NHWC, at an offset), every
 float parameter in one float32 array, the binary weights in one uint64 and one int8 array, the
 AMX tile geometry in one int64 array. :func:`run_plan` walks the rows and calls the compiled
-kernels (binary: :mod:`._amx_kernels`, :mod:`._numba_kernels`; float: :mod:`._float_kernels`)
+kernels (binary: :mod:`.amx`, :mod:`.popcount_avx512`, :mod:`.popcount_avx2`, :mod:`.popcount_portable`, :mod:`.taps`; float: :mod:`.float_ops`)
 on views of those arrays. One call from Python per forward pass: at batch 1 a ResNet-20 layer
 takes ~5-20 us, and a Python-level dispatch of each of its ~50 operations cost as much as the
 arithmetic.
@@ -14,69 +14,18 @@ Importing this module compiles nothing and needs no torch.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from pathlib import Path
-
 import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from . import _amx_kernels as ak
-from . import _float_kernels as fk
-from . import _numba_kernels as nk
-from . import _tap_kernels as tk
-from ._numba_kernels import _jit
-
-# numba checks a cached function against its own source file only, but the executor (and the kernels
-# it calls) compile code from all of these files into one cached library: after an edit or upgrade of
-# one of them numba would load a stale executor (seen: a float conv changed in _float_kernels.py and
-# the cached plan kept the old one). ensure_fresh_cache() drops every cached function of these files
-# when their combined content changes.
-_SOURCES = ("_plan_kernels.py", "_float_kernels.py", "_numba_kernels.py", "_amx_kernels.py", "_tap_kernels.py")
-_STAMP_FILE = "recu_deploy_sources.sha256"
-_FRESH_LOCK = threading.Lock()
-_FRESH = False
-
-
-def source_stamp() -> str:
-    """sha256 of the compiled-kernel source files (what the cached machine code was built from)."""
-    h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
-
-
-def ensure_fresh_cache() -> None:
-    """Flush numba's on-disk cache of every kernel in :data:`_SOURCES` if those files changed since
-    it was written (once per process; call before the first kernel runs)."""
-    global _FRESH
-    with _FRESH_LOCK:
-        if _FRESH:
-            return
-        from numba.core.registry import CPUDispatcher
-
-        from . import _amx_kernels, _float_kernels, _numba_kernels, _tap_kernels
-
-        modules = (_amx_kernels, _float_kernels, _numba_kernels, _tap_kernels, __import__(__name__, fromlist=["_"]))
-        dispatchers = [f for m in modules for f in vars(m).values() if isinstance(f, CPUDispatcher)]
-        caches = [d._cache for d in dispatchers if getattr(d._cache, "_cache_path", None)]
-        if caches:
-            stamp_path = Path(caches[0]._cache_path) / _STAMP_FILE
-            stamp = source_stamp()
-            try:
-                old = stamp_path.read_text().strip()
-            except OSError:
-                old = None
-            if old != stamp:
-                for cache in caches:
-                    cache.flush()
-                try:
-                    stamp_path.write_text(stamp)
-                except OSError:
-                    pass  # an unwritable cache: numba compiles in memory anyway
-        _FRESH = True
-
+from . import amx as ak
+from . import float_ops as fk
+from . import popcount_avx2 as p2
+from . import popcount_avx512 as pa
+from . import popcount_portable as pp
+from . import packing as pn
+from . import taps as tk
+from .jit import jit
 
 # Operation codes.
 OP_INPUT = 0          # NCHW input -> NHWC value (zero columns each side: the padding of the conv reading it)
@@ -97,7 +46,7 @@ OP_GLOBAL_AVG_POOL = 14
 OP_PAD_CHANNELS = 15
 OP_FLATTEN = 16
 OP_LINEAR = 17
-OP_BCONV_TAPS = 18    # packed kernel rows (_tap_kernels): any C % 16 == 0 on the avx512 path, XNOR-popcount (512-bit)
+OP_BCONV_TAPS = 18    # packed kernel rows (.taps): any C % 16 == 0 on the avx512 path, XNOR-popcount (512-bit)
 
 # Columns of an operation row.
 F_OP, F_IN0, F_IN1, F_OUT, F_PARALLEL = 0, 1, 2, 3, 4
@@ -142,18 +91,18 @@ def nhwc_view(typingctx, flat, ofs, n, h, w, c):  # type: ignore[no-untyped-def]
     return view(flat, ofs, n, h, w, c), codegen
 
 
-@_jit()
+@jit()
 def _view(arena, vals, v):  # type: ignore[no-untyped-def]
     return nhwc_view(arena, vals[v, V_OFS], vals[v, V_N], vals[v, V_H], vals[v, V_W], vals[v, V_C])
 
 
-@_jit()
+@jit()
 def _flat(arena, vals, v):  # type: ignore[no-untyped-def]
     o = vals[v, V_OFS]
     return arena[o:o + vals[v, V_N] * vals[v, V_H] * vals[v, V_W] * vals[v, V_C]]
 
 
-@_jit()
+@jit()
 def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg, res):  # type: ignore[no-untyped-def]
     """One AMX binary conv row: sign to int8 with zero padding and the tile products in one call
     (and, when ``res`` has the output's shape, the fused residual add and activation per tile block)."""
@@ -196,29 +145,29 @@ def _binary_conv_amx(op, p, par, x, xf, out, fp, u64, i8, i64, x8, cfg, res):  #
 P_RES_ACT, P_RES_BOUNDS = 20, 21
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _res_bounds(p, fp):  # type: ignore[no-untyped-def]
     """The float32 clamp bounds of a fused skip connection's activation (its row's parameter columns)."""
     return fk._act_bounds(p[P_RES_ACT], fp[p[P_RES_BOUNDS]], fp[p[P_RES_BOUNDS] + 1])
 
 
-@_jit()
+@jit()
 def _conv_rows_res(kind, r0, r1, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, res,
                    lo, hi):  # type: ignore[no-untyped-def]
     """Output rows [r0, r1) of a binary conv, each followed at once (still in L1) by ``act(row + res)``:
     the residual add and activation of a skip connection without a pass of their own."""
     for r in range(r0, r1):
         if kind == OP_BCONV_AVX512:
-            nk._conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
+            pa.conv_fast_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
         elif kind == OP_BCONV_AVX2:
-            nk._conv_avx2_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
+            p2.conv_avx2_row(r, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, True)
         else:
-            nk._conv_portable_row(r, a.reshape((out.shape[0], h_, w_, cw_)), wb.reshape((c_out, kh_, kw_, cw_)),
+            pp.conv_portable_row(r, a.reshape((out.shape[0], h_, w_, cw_)), wb.reshape((c_out, kh_, kw_, cw_)),
                                   c_in, sh, sw, ph, pw, d4, epi, out, True)
         fk._add_act_row(r, out, res, lo, hi, out)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _conv_res_parallel(kind, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, ph, pw, d4, epi, out, res,
                        lo, hi):  # type: ignore[no-untyped-def]
     rows = out.shape[0] * out.shape[1]
@@ -227,7 +176,7 @@ def _conv_res_parallel(kind, a, wb, h_, w_, cw_, kh_, kw_, c_in, c_out, sh, sw, 
                        res, lo, hi)
 
 
-@_jit()
+@jit()
 def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-untyped-def]
     """One XNOR-popcount binary conv row: pack the signs, then the kernel with its float epilogue
     (and, when ``res`` has the output's shape, the fused residual add and activation)."""
@@ -239,9 +188,9 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
     a = pk[:n_ * h_ * w_ * cw_]
     a2 = a.reshape((n_ * h_ * w_, cw_))
     if par:
-        nk.pack_nhwc(xf, c_, a2)
+        pn.pack_nhwc(xf, c_, a2)
     else:
-        nk.pack_nhwc_serial(xf, c_, a2)
+        pn.pack_nhwc_serial(xf, c_, a2)
     dummy4 = np.empty((1, 1, 1, 1), np.int32)
     if res.shape == out.shape:
         lo, hi = _res_bounds(p, fp)
@@ -254,21 +203,21 @@ def _binary_conv_popcount(op, p, par, x, xf, out, fp, u64, pk, res):  # type: ig
         return
     if op == OP_BCONV_AVX512:
         if par:
-            nk.conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+            pa.conv_fast(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
         else:
-            nk.conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+            pa.conv_fast_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
     elif op == OP_BCONV_AVX2:
         if par:
-            nk.conv_avx2(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+            p2.conv_avx2(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
         else:
-            nk.conv_avx2_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
+            p2.conv_avx2_serial(a, wb, h_, w_, cw_, kh_, kw_, c_, c_out, sh, sw, ph, pw, dummy4, epi, out, True)
     else:
         a4 = a.reshape((n_, h_, w_, cw_))
         w4 = wb.reshape((c_out, kh_, kw_, cw_))
         if par:
-            nk.conv_portable(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
+            pp.conv_portable(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
         else:
-            nk.conv_portable_serial(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
+            pp.conv_portable_serial(a4, w4, c_, sh, sw, ph, pw, dummy4, epi, out, True)
 
 
 # Parameter columns of a tap-packed binary conv row after the common ones (c_out, kh, kw, sh, sw, ph, pw,
@@ -285,7 +234,7 @@ P_TAP_SIGNS, P_TAP_READY, P_TAP_OUT, P_TAP_OUT_ROW, P_TAP_OUT_COL0 = 15, 16, 17,
 P_TAP_STARTS, P_TAP_STARTS_SIZE = 22, 23
 
 
-@_jit()
+@jit()
 def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-untyped-def]
     """One tap-packed binary conv row (:mod:`._tap_kernels`): pack the input's signs unless its producer
     wrote them, then the kernel with its epilogue (the fused residual add and activation when ``res``
@@ -328,7 +277,7 @@ def _binary_conv_taps(p, par, x, xf, out, fp, u64, pk, res):  # type: ignore[no-
 P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE, P_CONV_POOL = 10, 11, 12, 13, 14
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
     """A float conv's output rows across threads, each followed at once (still in cache) by its
     BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
@@ -336,7 +285,7 @@ def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wid
         fk._conv2d_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo, hi)
 
 
-@_jit()
+@jit()
 def _conv_bn_max_pool(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, conv, wide, q, out):  # type: ignore[no-untyped-def]
     """Conv + BatchNorm + activation into ``conv``, then the max pool ``q`` = (kh, kw, sh, sw, ph, pw) of it
     into ``out``, on the calling thread: each pooled row right after the conv rows it needs, which are
@@ -357,7 +306,7 @@ def _conv_bn_max_pool(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, conv, wi
             fk._conv2d_rows(n * ch + done, n * ch + ch, x, w, bias, sh, sw, ph, pw, conv, wide, scale, shift, lo, hi)
 
 
-@_jit()
+@jit()
 def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
     """One full-precision row; p: its parameter columns (see ``plan``'s row builders)."""
     act, lo, hi = p[0], fp[p[1]], fp[p[1] + 1]
@@ -451,7 +400,7 @@ def _float_op(op, p, par, x, y, out, fp):  # type: ignore[no-untyped-def]
             fk.linear_nhwc_serial(x, w, bias, out)
 
 
-@_jit()
+@jit()
 def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def]
     """Row ``r`` unless it is an AMX convolution (returns False then: the caller runs it)."""
     op = ops[r, F_OP]
@@ -482,14 +431,14 @@ def _row(r, ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def
     return True
 
 
-@_jit()
+@jit()
 def run_plan(ops, vals, arena, fp, u64, pk, x_in):  # type: ignore[no-untyped-def]
     """Execute every row of ``ops`` in order (see the module doc); no AMX rows. ``x_in``: float32 NCHW."""
     for r in range(ops.shape[0]):
         _row(r, ops, vals, arena, fp, u64, pk, x_in)
 
 
-@_jit()
+@jit()
 def run_plan_amx(ops, vals, arena, fp, u64, i8, i64, pk, x8, cfg, x_in):  # type: ignore[no-untyped-def]
     """:func:`run_plan` with AMX rows (compiled only where the CPU has AMX: the tile instructions)."""
     for r in range(ops.shape[0]):

@@ -1,13 +1,13 @@
 """Binary convolutions on packed kernel rows: a kernel row's taps packed into shared words. Internal.
 
-The XNOR-popcount kernels of :mod:`._numba_kernels` give every (pixel, tap) its own 64-bit words,
+The XNOR-popcount kernels of :mod:`.popcount_avx512` give every (pixel, tap) its own 64-bit words,
 so a 16-channel layer uses 16 bits of each word: a 3x3 kernel costs 9 words per output pixel where
 its 144 bits fit in 3. Here the signs of one kernel row (``KW`` taps x ``C`` channels, contiguous in
 NHWC) are packed together, ``NW = ceil(KW * C / 64)`` words per output column: 1 instead of 3 for
 16 channels, 2 instead of 3 for 32, and for a multiple of 64 channels the same words as one per tap
 (wide layers take this path for its row buffers, register epilogue and edge blocks). The
 convolution is then a ``KH x 1`` one over those words and runs on the register-blocked vector loops
-of ``_numba_kernels._make_xnor_rows`` (byte addressing, fused epilogue).
+of ``popcount_avx512.make_xnor_rows`` (byte addressing, fused epilogue).
 
 Packing, per input row: the signs of its pixels into a row buffer with zero padding on both sides
 (one ``<16 x float>`` compare per 16 channels, ``C / 8`` bytes a pixel). The conv reads each output
@@ -32,9 +32,9 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from . import _float_kernels as fk
-from . import _numba_kernels as nk
-from ._numba_kernels import _jit, _prefer_512_bit
+from . import float_ops as fk
+from . import popcount_avx512 as pa
+from .jit import jit, prefer_512_bit
 
 
 def tap_words(c_in: int, kw: int) -> int:
@@ -50,11 +50,11 @@ def use_taps(c_in: int, kw: int) -> bool:
     return c_in % 16 == 0 and kw > 1
 
 
-@_jit()
+@jit()
 def all_blocks(c_out, ow):  # type: ignore[no-untyped-def]
     """Whether :func:`conv_taps_rows` runs every output column in register blocks with the padding
     starts (else the edge columns one at a time with their weight variants)."""
-    return c_out % 16 == 0 and ow >= nk.XNOR_PIXELS
+    return c_out % 16 == 0 and ow >= pa.XNOR_PIXELS
 
 
 def column_variants(w: int, kw: int, sw: int, pw: int, ow: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -114,7 +114,7 @@ def padding_starts(bits: np.ndarray, c_in: int, w: int, sw: int, pw: int, ow: in
         column = per_tap[:, :, padded].sum(axis=2)
         for v, (k0, rows) in enumerate(row_pairs):
             table[v, o] = column[:, k0:k0 + rows].sum(axis=1)
-    return np.concatenate([np.zeros(2 * nk.XNOR_PIXELS * c_out, np.int64), table.ravel()])
+    return np.concatenate([np.zeros(2 * pa.XNOR_PIXELS * c_out, np.int64), table.ravel()])
 
 
 def block_tap_weights(bits: np.ndarray, c_in: int, ranges: list) -> np.ndarray:
@@ -149,7 +149,7 @@ def row_bytes(w: int, c_in: int, pw: int) -> int:
     return ((w + 2 * pw) * c_in // 8 + 8 + 7) // 8 * 8
 
 
-@_jit()
+@jit()
 def tail_mask_of(c_in, kw, nw):  # type: ignore[no-untyped-def]
     """The bits of a kernel row's last word (of ``nw``) that belong to it: ``kw * c_in`` bits in all;
     the rest of the word is the next column's taps."""
@@ -173,7 +173,7 @@ def store_sign_bits16(typingctx, x, off, buf, boff):  # type: ignore[no-untyped-
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         from llvmlite import ir
 
-        _prefer_512_bit(builder.function)
+        prefer_512_bit(builder.function)
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         out = context.make_array(signature.args[2])(context, builder, args[2])
         vty = ir.VectorType(ir.FloatType(), 16)
@@ -185,7 +185,7 @@ def store_sign_bits16(typingctx, x, off, buf, boff):  # type: ignore[no-untyped-
     return types.void(x, types.int64, buf, types.int64), codegen
 
 
-@_jit()
+@jit()
 def _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
     """Input row ``rr`` (= n * H + ih) of NHWC ``xf`` -> bytes ``[rr * rowbytes, (rr + 1) * rowbytes)``
     of ``buf``: ``pw`` zero pixels, the row's sign bits (``C / 8`` bytes a pixel), zeros to the end."""
@@ -202,7 +202,7 @@ def _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untype
         buf[k] = 0
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def pack_signs(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
     """:func:`_pack_sign_row` for ``rows`` (= N * H) input rows across threads: the row buffers a
     tap-packed conv reads (``C`` a multiple of 16)."""
@@ -210,7 +210,7 @@ def pack_signs(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-
         _pack_sign_row(rr, xf, w_, c_, pw, rowbytes, buf)
 
 
-@_jit()
+@jit()
 def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-untyped-def]
     """:func:`pack_signs` on the calling thread."""
     for rr in range(rows):
@@ -220,17 +220,17 @@ def pack_signs_serial(xf, rows, w_, c_, pw, rowbytes, buf):  # type: ignore[no-u
 # The register blocks on the row buffers: bytes addressing, a tail mask per kernel row; the fused forms
 # (16 output channels) also start from given accumulators, add the skip connection and write the next
 # layer's signs.
-xnor_taps_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
-xnor_taps_8x2 = nk._make_xnor_rows(2 * nk.XNOR_PIXELS, 2, addressing="bytes", fused=True)
-xnor_taps_7x2 = nk._make_xnor_rows(7, 2, addressing="bytes", fused=True)  # rows of 7, 14, 28 columns
-xnor_taps_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes", fused=True)
-_rows_4x2 = nk._make_xnor_rows(nk.XNOR_PIXELS, 2, addressing="bytes")
-_rows_4x1 = nk._make_xnor_rows(nk.XNOR_PIXELS, 1, addressing="bytes")
-_rows_1x2 = nk._make_xnor_rows(1, 2, addressing="bytes")
-_rows_1x1 = nk._make_xnor_rows(1, 1, addressing="bytes")
+xnor_taps_4x2 = pa.make_xnor_rows(pa.XNOR_PIXELS, 2, addressing="bytes", fused=True)
+xnor_taps_8x2 = pa.make_xnor_rows(2 * pa.XNOR_PIXELS, 2, addressing="bytes", fused=True)
+xnor_taps_7x2 = pa.make_xnor_rows(7, 2, addressing="bytes", fused=True)  # rows of 7, 14, 28 columns
+xnor_taps_1x2 = pa.make_xnor_rows(1, 2, addressing="bytes", fused=True)
+_rows_4x2 = pa.make_xnor_rows(pa.XNOR_PIXELS, 2, addressing="bytes")
+_rows_4x1 = pa.make_xnor_rows(pa.XNOR_PIXELS, 1, addressing="bytes")
+_rows_1x2 = pa.make_xnor_rows(1, 2, addressing="bytes")
+_rows_1x1 = pa.make_xnor_rows(1, 1, addressing="bytes")
 
 
-@_jit()
+@jit()
 def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant,
                    taps, rowvar, starts, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """Output rows ``r0 <= r < r1`` (r = n * OH + oh) of a tap-packed binary conv with its float epilogue
@@ -252,7 +252,7 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     they tile the row (ResNet-18's 56, 28, 14, 7), then 4, the last block overlapping its neighbour;
     the others take the edge columns one at a time with their weight variant.
     """
-    acc = np.empty(32 * nk.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
+    acc = np.empty(32 * pa.XNOR_PIXELS, dtype=np.int64)  # once per call: an allocation per row cost ~20%
     dummy = np.empty((1, 1, 1, 1), np.int32)
     outf = out.reshape(out.size)
     fuse = res.shape == out.shape
@@ -265,7 +265,7 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
     wblk = kh_ * wrow          # words between blocks of 8 output channels
     wvar = ob_ * wblk          # words between weight variants
     astep = sw * (c_in // 8)   # bytes between output columns' first taps
-    blk = nk.XNOR_PIXELS
+    blk = pa.XNOR_PIXELS
     blocked = all_blocks(c_out, ow_)
     sevens = ow_ % (2 * blk) != 0 and ow_ % 7 == 0  # 7-pixel blocks tile the row exactly
     big = 7 if sevens else 2 * blk
@@ -311,11 +311,11 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
                 if not fused and ow >= ow_lo and ow + blk <= ow_hi:
                     if two:
                         _rows_4x2(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc)
-                        nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
-                        nk._write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
+                        pa.write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                        pa.write_block(acc[8 * blk:], blk, valid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
                     else:
                         _rows_4x1(a, abase, astep, rowbytes, wb, wofs, wrow, wblk, rows, nw, tail, acc)
-                        nk._write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                        pa.write_block(acc, blk, valid, n, oh, ow, o0, c_out, dummy, epi, out, True)
                     ow += blk
                     continue
                 vofs = np.int64(variant[ow]) * wvar + wofs
@@ -332,15 +332,15 @@ def conv_taps_rows(r0, r1, a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out,
                     _rows_1x2(a, abase, 0, rowbytes, wb, vofs, wrow, wblk, live, nw, tail, acc)
                 else:
                     _rows_1x1(a, abase, 0, rowbytes, wb, vofs, wrow, wblk, live, nw, tail, acc)
-                nk._write_block(acc, 1, cvalid, n, oh, ow, o0, c_out, dummy, epi, out, True)
+                pa.write_block(acc, 1, cvalid, n, oh, ow, o0, c_out, dummy, epi, out, True)
                 if two:
-                    nk._write_block(acc[8:], 1, cvalid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
+                    pa.write_block(acc[8:], 1, cvalid, n, oh, ow, o0 + 8, c_out, dummy, epi, out, True)
                 ow += 1
         if fuse and not fused:
             fk._add_act_row(r, out, res, lo, hi, out)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def conv_taps(a, rowbytes, wb, h_, nw, tail, kh_, kw_, c_in, c_out, sh, sw, ph, ow_lo, ow_hi, variant, taps, rowvar,
               starts, epi, out, res, lo, hi, signs, srow, scol0):  # type: ignore[no-untyped-def]
     """:func:`conv_taps_rows` of all output rows, in blocks of rows across threads."""
