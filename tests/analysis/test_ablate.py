@@ -19,6 +19,8 @@ from recu.nn import BinaryConfig
 from recu.train import TrainConfig, model_from_checkpoint
 from recu.train.log import read_metrics
 
+from _markdown import md_row as _md_row
+
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 TINY = ["warmup_epochs=1", "batch_size=64", "progress=false"]
@@ -45,14 +47,6 @@ def ablation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, A.Ablation
 
 def _last_top1(run_dir: Path) -> list[float]:
     return [r["test_top1"] for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
-def _md_row(md: str, variant: str) -> list[str]:
-    for line in md.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0] == variant:
-            return cells
-    raise AssertionError(f"no row for {variant} in\n{md}")
 
 
 # -- the variant table (no training) ------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``theory`` (closed forms of the clamped Laplace and the same quantities measured on
 weights), ``stats`` (distribution statistics of weight tensors), ``monitor``
 (:class:`DeadWeightMonitor`, a training callback), ``figures`` (the paper's Figures 3
-and 4) and ``report`` (``recu analyze``). Importing this package needs neither
+and 4), ``report`` (``recu analyze``), ``ablate`` (``recu ablate``), ``paired`` (paired t and exact
+Wilcoxon tests in numpy) and ``claims`` (``recu claims``). Importing this package needs neither
 matplotlib nor scipy; the plotting functions import matplotlib when called.
 """
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Variant", "VARIANTS", "GROUPS", "resolve_variants", "fp_twin", "variant_config", "PlannedRun",
     "plan_ablation", "run_ablation", "RunResult", "VariantResult", "AblationResult", "collect",
-    "write_outputs", "format_variants", "mean_std",
+    "write_outputs", "format_variants", "mean_std", "read_run_curve",
 ]
 
 PathLike = Union[str, Path]
@@ -364,23 +364,37 @@ def _name_matcher(pattern: Optional[str]) -> re.Pattern[str]:
     return compiled
 
 
-def _read_run(run_dir: Path, variant: str, seed: int) -> Optional[RunResult]:
-    """The run's numbers, or None when it is not finished (fewer records than its config's epochs)."""
+def read_run_curve(run_dir: PathLike) -> tuple[list[dict[str, Any]], dict[str, Any], list[Optional[float]]]:
+    """A run folder's metrics records, its ``config.yaml`` (``{}`` without one) and its test top-1 curve.
+
+    The curve has one entry per planned epoch (the config's ``epochs``, else the number of records),
+    index = 0-based epoch; None where the epoch was not evaluated or not reached yet; where a resumed
+    run logged an epoch twice the last record wins.
+    """
     import yaml
 
-    from .rundata import find_monitor
     from ..train.log import read_metrics
 
+    run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     config_path = run_dir / "config.yaml"
     config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
     epochs = int(config.get("epochs", len(records)))
-    if not records or records[-1].get("epoch") != epochs - 1 or records[-1].get("test_top1") is None:
-        return None
     curve: list[Optional[float]] = [None] * epochs
     for r in records:
         if 0 <= int(r.get("epoch", -1)) < epochs and r.get("test_top1") is not None:
             curve[int(r["epoch"])] = float(r["test_top1"])
+    return records, config, curve
+
+
+def _read_run(run_dir: Path, variant: str, seed: int) -> Optional[RunResult]:
+    """The run's numbers, or None when it is not finished (fewer records than its config's epochs)."""
+    from .rundata import find_monitor
+
+    records, _, curve = read_run_curve(run_dir)
+    epochs = len(curve)
+    if not records or records[-1].get("epoch") != epochs - 1 or records[-1].get("test_top1") is None:
+        return None
     evaluated = [(acc, e) for e, acc in enumerate(curve) if acc is not None]
     best, best_epoch = max(evaluated, key=lambda t: (t[0], -t[1]))
     dead = None

@@ -1,4 +1,4 @@
-"""``recu figures``, ``recu analyze`` and ``recu ablate``: parse arguments, call :mod:`recu.analysis`, nothing more."""
+"""``recu figures``, ``analyze``, ``ablate`` and ``claims``: parse arguments, call :mod:`recu.analysis`, nothing more."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dry-run", action="store_true", help="print what would be trained, resumed or skipped")
     b.add_argument("--no-resume", action="store_true", help="refuse to touch existing runs instead of continuing them")
     b.set_defaults(func=_ablate)
+
+    c = sub.add_parser("claims", help="the 100-epoch claims (ReCU vs tau = 1, convergence) and centring vs standardisation "
+                            "from their run folders: report.md and curves.png",
+                       description="Read RUNS/r20_{recu,tau1}_full_e100_s<seed>, r20_fp_full_e100_s0 and "
+                                   "r20_{recu,center_only,standardize_only,neither}_full_e30_s<seed> and write "
+                                   "OUT/report.md (claim 6: ReCU - tau = 1 at 100 epochs; convergence over epochs "
+                                   "30-70; centring vs standardisation at 30 epochs; the float twin; paired by seed "
+                                   "with t and exact Wilcoxon tests) and OUT/curves.png; print the report. "
+                                   "Missing and unfinished runs are listed with their epochs, not used.")
+    c.add_argument("--runs", default="docs/runs", help="folder holding the run folders (default: docs/runs)")
+    c.add_argument("-o", "--out", default="docs/reports/claims100",
+                   help="report folder (default: docs/reports/claims100)")
+    c.set_defaults(func=_claims)
 
 
 def _figures(args: argparse.Namespace) -> int:
@@ -89,6 +102,16 @@ def _ablate(args: argparse.Namespace) -> int:
                        resume=not args.no_resume)
         names = ("ablation.md", "ablation.json", "convergence.png", "flips_by_bucket.png")
         paths = [p for p in (Path(out) / n for n in names) if p.exists()]
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from ..analysis.claims import write_report
+
+    text, paths = write_report(args.runs, args.out)
+    print(text)
     for path in paths:
         print(path)
     return 0
