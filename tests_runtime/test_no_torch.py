@@ -125,4 +125,6 @@ def test_recu_bench_times_the_1bit_file_without_torch(fixture_dir: Path, capsys:
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[3]) > 0 for r in rows)  # batch, best, median, img/s
     assert main(["bench", str(fixture_dir / "model.recu"), "--engine", "layers"]) == 1
     assert "layers engine runs in PyTorch" in capsys.readouterr().err
+    assert main(["bench", str(fixture_dir / "model.recu"), "--batch", "1", "--repeat", "1", "--onnxruntime"]) == 0
+    assert "--onnxruntime skipped: exporting the float twin to ONNX needs PyTorch" in capsys.readouterr().out
     assert "torch" not in sys.modules

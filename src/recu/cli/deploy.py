@@ -238,6 +238,8 @@ def _bench_without_torch(args: argparse.Namespace, path: "str | os.PathLike") ->
     shape = _bench_input_shape(args, model.metadata.get("model_spec") or {}, model.metadata)
     print(f"recu bench {args.target}")
     print(f"PyTorch is not installed: the 1-bit model alone, no float baseline ({TORCH_HINT} to compare)")
+    if args.onnxruntime:  # the onnxruntime baselines are the float twin exported from PyTorch
+        print(f"--onnxruntime skipped: exporting the float twin to ONNX needs PyTorch ({TORCH_HINT})")
     print(f"engine plan, kernel {model.kernel}, threads {args.threads or 'numba default'}, input {shape}")
     print("batch    best ms  median ms      img/s")
     rng = np.random.default_rng(0)
