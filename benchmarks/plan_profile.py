@@ -42,6 +42,7 @@ def main() -> None:
     import numba
 
     from recu.deploy.runtime.kernels import plan_exec as pk
+    from recu.deploy.runtime.kernels.cache import ensure_fresh_cache
     from recu.deploy.runtime.kernels.amx import TILE_CONFIG
     from recu.deploy.runtime.kernels.cpu import request_amx
     from recu.deploy.runtime.fileio import read_metadata, read_tensors
@@ -53,7 +54,7 @@ def main() -> None:
     spec = meta.get("model_spec") or {}
     size = 224 if str(spec.get("name", "")).endswith("imagenet") else 32
     numba.set_num_threads(args.threads)
-    pk.ensure_fresh_cache()  # a kernel file changed since the cache was written: recompile, not stale code
+    ensure_fresh_cache()  # a kernel file changed since the cache was written: recompile, not stale code
     x = np.random.default_rng(0).standard_normal((args.batch, 3, size, size)).astype(np.float32)
     plan = build_plan(meta, tensors, x.shape, impl=args.kernel, threads=args.threads)
     if plan.uses_amx:
