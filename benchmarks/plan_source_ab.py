@@ -3,7 +3,7 @@
 Each tree runs in its own worker process (its ``src`` first on ``sys.path``, so the installed recu is not
 used) that loads the same deployment file; the controller asks the workers for timing rounds in
 alternation (A B B A A B ...), so a slow spell of the machine falls on both. Prints per model and thread
-count the median batch-1 latency of each tree and the ratio B / A.
+count the median latency of each tree (batch 1, or ``--batch``) and the ratio B / A.
 
     git worktree add /tmp/before HEAD~1        # the tree to compare against
     python benchmarks/plan_source_ab.py --a /tmp/before/src --b src --models resnet20_1w1a resnet18_1w1a_imagenet
@@ -73,11 +73,12 @@ def ask(proc: subprocess.Popen, repeat: int) -> float:
     return float(json.loads(proc.stdout.readline()))
 
 
-def compare(a: str, b: str, model: str, threads: int, rounds: int, repeat: int, workdir: Path) -> dict:
+def compare(a: str, b: str, model: str, threads: int, rounds: int, repeat: int, workdir: Path, batch: int = 1) -> dict:
     path = workdir / f"{model}.recu"
     if not path.exists():
         export_file(b, model, path)
-    procs = {"A": start(a, path, threads, SHAPES[model]), "B": start(b, path, threads, SHAPES[model])}
+    shape = [batch, *SHAPES[model][1:]]
+    procs = {"A": start(a, path, threads, shape), "B": start(b, path, threads, shape)}
     times: dict[str, list[float]] = {"A": [], "B": []}
     try:
         for r in range(rounds):
@@ -100,19 +101,21 @@ def main() -> None:
     p.add_argument("--b", required=True, help="source folder of tree B")
     p.add_argument("--models", nargs="+", default=["resnet20_1w1a", "resnet18_1w1a_imagenet"], choices=list(SHAPES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=0, help="calls per round (0: 200 for ResNet-20, 20 for ResNet-18)")
+    p.add_argument("--repeat", type=int, default=0,
+                   help="calls per round (0: 200 for ResNet-20, 20 for ResNet-18; divided by the batch)")
     args = p.parse_args()
     for tree in (args.a, args.b):
         if not (Path(tree) / "recu" / "__init__.py").is_file():
             p.error(f"{tree} holds no recu package (give the folder that contains recu/)")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            repeat = args.repeat or (200 if model == "resnet20_1w1a" else 20)
+            repeat = args.repeat or max(1, (200 if model == "resnet20_1w1a" else 20) // args.batch)
             for threads in args.threads:
                 res = compare(os.path.abspath(args.a), os.path.abspath(args.b), model, threads, args.rounds, repeat,
-                              Path(tmp))
-                print(f"{model} batch 1, {threads} thread(s): A {res['a_ms']:.3f} ms, B {res['b_ms']:.3f} ms, "
+                              Path(tmp), args.batch)
+                print(f"{model} batch {args.batch}, {threads} thread(s): A {res['a_ms']:.3f} ms, B {res['b_ms']:.3f} ms, "
                       f"B/A {res['ratio']:.3f} (medians of {args.rounds} interleaved rounds of {repeat} calls; "
                       f"A rounds {min(res['a_rounds_ms']):.3f}-{max(res['a_rounds_ms']):.3f}, "
                       f"B rounds {min(res['b_rounds_ms']):.3f}-{max(res['b_rounds_ms']):.3f})", flush=True)

@@ -574,6 +574,12 @@ def _conv2d_row(r, x, xf, w, wf, bias, sh, sw, ph, pw, out, of, acc, wide):  # t
         ow += 1
 
 
+# A parallel float conv hands each thread blocks of whole rows, at most this many blocks: per call
+# _conv2d_rows makes three flat views and a scratch array, which per row (one call each) cost as much
+# as a stem row's maths: ResNet-20's stem at batch 64 took 710 us on two threads against 467 on one.
+ROW_BLOCKS = 64
+
+
 @jit(parallel=True)
 def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no-untyped-def]
     """Float conv2d (groups 1, dilation 1, zero padding), output rows across threads.
@@ -585,8 +591,10 @@ def conv2d_nhwc(x, w, bias, sh, sw, ph, pw, out, wide=False):  # type: ignore[no
     """
     rows = _check_conv2d(x, w, bias, sh, sw, ph, pw, out)
     lo = np.float32(0)
-    for r in prange(rows):
-        _conv2d_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, out, wide, bias[:0], bias[:0], lo, lo)
+    blocks = min(rows, ROW_BLOCKS)
+    for b in prange(blocks):
+        _conv2d_rows(b * rows // blocks, (b + 1) * rows // blocks, x, w, bias, sh, sw, ph, pw, out, wide, bias[:0],
+                     bias[:0], lo, lo)
 
 
 @jit()

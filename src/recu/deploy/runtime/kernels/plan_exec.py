@@ -281,8 +281,11 @@ P_CONV_BN, P_BN_SCALE, P_BN_SHIFT, P_CONV_WIDE, P_CONV_POOL = 10, 11, 12, 13, 14
 def _conv_bn_parallel(x, w, bias, sh, sw, ph, pw, scale, shift, lo, hi, out, wide):  # type: ignore[no-untyped-def]
     """A float conv's output rows across threads, each followed at once (still in cache) by its
     BatchNorm and activation: the same float32 steps as two rows, without a pass over the output."""
-    for r in prange(out.shape[0] * out.shape[1]):
-        fk._conv2d_rows(r, r + 1, x, w, bias, sh, sw, ph, pw, out, wide, scale, shift, lo, hi)
+    rows = out.shape[0] * out.shape[1]
+    blocks = min(rows, fk.ROW_BLOCKS)  # whole rows per thread: per-call set-up, see fk.ROW_BLOCKS
+    for b in prange(blocks):
+        fk._conv2d_rows(b * rows // blocks, (b + 1) * rows // blocks, x, w, bias, sh, sw, ph, pw, out, wide, scale,
+                        shift, lo, hi)
 
 
 @jit()
