@@ -99,3 +99,16 @@ def test_the_lightning_example_runs_and_a_lightning_checkpoint_resumes_the_sched
     assert [r["epoch"] for r in resumed.history] == [2, 3]
     assert resumed.recu.schedule.last_tau == pytest.approx(recu.ExponentialTau(0.85, 0.99, 4).value(3))
     assert resumed.history[0]["dead_weight"]["start_epoch"] == -1  # the monitor's state came with the checkpoint
+
+
+def test_the_lightning_callback_writes_snapshots_on_global_rank_zero_only(tmp_path: Path) -> None:
+    """Under DDP every process runs the callback on the same weights; only global rank 0 gets the run_dir."""
+    pytest.importorskip("lightning")
+    from types import SimpleNamespace
+
+    from recu.train.lightning import ReCULightningCallback
+
+    for zero, want in ((True, tmp_path), (False, None)):
+        cb = ReCULightningCallback(epochs=3, run_dir=tmp_path)
+        recu_cb = cb._callback(SimpleNamespace(max_epochs=3, is_global_zero=zero))
+        assert recu_cb.run_dir == want and recu_cb.epochs == 3

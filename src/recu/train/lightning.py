@@ -41,7 +41,9 @@ class ReCULightningCallback(pl.Callback):
 
     Args:
         epochs: the schedule's length; None: the trainer's ``max_epochs``.
-        schedule, tau_start, tau_end, monitor, run_dir: as :class:`~recu.train.callback.ReCUCallback`.
+        schedule, tau_start, tau_end, monitor, run_dir: as :class:`~recu.train.callback.ReCUCallback`;
+            ``run_dir`` is used by the global rank-0 process only (every process computes the same
+            statistics, one writes the weight snapshots).
     """
 
     def __init__(self, epochs: Optional[int] = None, schedule: str = "exponential", tau_start: float = 0.85,
@@ -58,7 +60,10 @@ class ReCULightningCallback(pl.Callback):
             epochs = self.epochs or trainer.max_epochs
             if not epochs or epochs < 1:
                 raise ValueError("ReCULightningCallback needs epochs= or a Trainer with max_epochs")
-            self.recu = ReCUCallback(epochs, **self.options)  # type: ignore[arg-type]
+            options = dict(self.options)
+            if not getattr(trainer, "is_global_zero", True):  # under DDP one process writes the snapshots
+                options["run_dir"] = None
+            self.recu = ReCUCallback(epochs, **options)  # type: ignore[arg-type]
             if self._pending_state is not None:  # a checkpoint's state, loaded before training began
                 self.recu.load_state_dict(self._pending_state)
                 self._pending_state = None
