@@ -147,6 +147,8 @@ def test_build_loaders_on_cifar_layout(cifar10_dir, monkeypatch):
     assert bundle.num_classes == 10 and bundle.input_size == (3, 32, 32)
     assert len(bundle.train) == 3 and bundle.train.num_samples == 96
     assert len(bundle.test) == 2 and bundle.test.num_samples == 30
+    names = [f"class{i}" for i in range(10)]  # the meta file's names, in label order
+    assert bundle.class_names == bundle.train.class_names == bundle.test.class_names == names
     x, y = next(iter(bundle.train))
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     sub = build_loaders("cifar10", str(root), 8, 25, "cpu", seed=0, subset=40)
@@ -164,7 +166,7 @@ def test_build_test_loader_reads_only_the_test_split(cifar10_dir, monkeypatch):
     for i in range(1, 6):  # `recu eval` must not need (or md5-check) the training split
         (root / "cifar-10-batches-py" / f"data_batch_{i}").unlink()
     test = build_test_loader("cifar10", str(root), 25, "cpu")
-    assert test.num_samples == 30 and len(test) == 2
+    assert test.num_samples == 30 and len(test) == 2 and test.class_names == [f"class{i}" for i in range(10)]
     for (x, y), (xw, yw) in zip(test, want):
         assert torch.equal(x, xw) and torch.equal(y, yw)
     with pytest.raises(FileNotFoundError, match="data_batch_1"):

@@ -86,7 +86,8 @@ def _eval(args: argparse.Namespace) -> int:
                          f"checkpoint was trained on ({list(names)[:5]} ...)")
     model = model_from_checkpoint(state, args.checkpoint).to(device)
     result = evaluate(model, test, device)
-    if names:  # a second pass, for data sets whose classes have names (folder data sets)
+    names = names or found  # a checkpoint from before CIFAR runs kept their names: the data set's
+    if names:  # a second pass, for data sets whose classes have names (folder data sets, CIFAR)
         result["per_class"] = per_class_report(names, *class_hits(model, test, device, len(names)))
     print(json.dumps({"checkpoint": args.checkpoint, "epoch": state.get("epoch"), **result}))
     return 0

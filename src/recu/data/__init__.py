@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Protocol, Union
 import torch
 from torch import Tensor
 
-from .cifar import CIFAR_SPECS, ChecksumError, load_cifar
+from .cifar import CIFAR_SPECS, ChecksumError, cifar_classes, load_cifar
 from .loader import InMemoryLoader
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ class Loader(Protocol):
 class DataBundle:
     """The training and test loaders of a data set, and what a model needs to know about it.
 
-    ``class_names``, ``mean`` and ``std`` (of the [0, 1] pixels) are filled for folder data sets, where
-    they come from the data: a checkpoint keeps them so that evaluation and deployment need no training set.
+    ``mean`` and ``std`` (of the [0, 1] pixels) are filled for folder data sets, where they come from the
+    data; ``class_names`` for folder data sets (the class folders) and CIFAR (its meta file's names). A
+    checkpoint keeps them so that evaluation and deployment need no training set.
     """
 
     train: Loader
@@ -123,6 +124,7 @@ def build_loaders(
         x_te, y_te = load_cifar(root, dataset, train=False, download=download)
         norm = dict(mean=spec.mean, std=spec.std, scale=1.0 / 255)
         pad, flip, classes, size = 4, True, spec.num_classes, (3, 32, 32)
+        names: Optional[list[str]] = cifar_classes(root, dataset)  # the meta file load_cifar checked
     elif dataset == "digits":
         from .digits import DIGITS_MAX, digits_stats, load_digits
 
@@ -132,6 +134,7 @@ def build_loaders(
         # mirrored digits are other symbols: shift only
         norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
         pad, flip, classes, size = 1, False, 10, (1, 8, 8)
+        names = None
     elif dataset == "folder":
         return _folder(root, batch_size, eval_batch_size, device, workers, subset, augment, folder, **common)
     else:
@@ -143,7 +146,8 @@ def build_loaders(
     train = InMemoryLoader(x_tr, y_tr, batch_size, device, train=True, augment=augment, pad=pad, flip=flip,
                            **common, **norm)  # type: ignore[arg-type]
     test = InMemoryLoader(x_te, y_te, eval_batch_size, device, train=False, **norm)  # type: ignore[arg-type]
-    return DataBundle(train, test, classes, size)
+    train.class_names = test.class_names = names
+    return DataBundle(train, test, classes, size, class_names=names)
 
 
 def build_test_loader(
@@ -168,12 +172,14 @@ def build_test_loader(
         x_te, y_te = load_cifar(root, dataset, train=False, download=download)
         spec = CIFAR_SPECS[dataset]
         norm = dict(mean=spec.mean, std=spec.std, scale=1.0 / 255)
+        names = cifar_classes(root, dataset)
     elif dataset == "digits":
         from .digits import DIGITS_MAX, digits_stats, load_digits
 
         x_te, y_te = load_digits(train=False)
         mean, std = digits_stats()
         norm = dict(mean=(mean,), std=(std,), scale=1.0 / DIGITS_MAX)
+        names = None
     elif dataset == "folder":
         return _folder_test(root, batch_size, device, workers, folder)
     else:
@@ -181,7 +187,9 @@ def build_test_loader(
 
         val_samples, _ = scan_class_folders(_imagenet_root(root) / "val")
         return ImageFolderLoader(ImageFolderDataset(val_samples, train=False), batch_size, device, 0, 0, 1, workers)
-    return InMemoryLoader(x_te, y_te, batch_size, device, train=False, **norm)  # type: ignore[arg-type]
+    loader = InMemoryLoader(x_te, y_te, batch_size, device, train=False, **norm)  # type: ignore[arg-type]
+    loader.class_names = names
+    return loader
 
 
 def _imagenet_root(root: Optional[Union[str, "os.PathLike[str]"]]) -> Path:
