@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split",
                        description="Print one JSON line: loss, top-1 and top-5 (%%) on the test split, and "
-                                   "for a folder data set each class's top-1 by name (per_class).")
+                                   "for a folder data set or CIFAR each class's top-1 by name (per_class).")
     e.add_argument("checkpoint", help="a checkpoint file, or a model name with --pretrained")
     e.add_argument("--pretrained", action="store_true",
                    help="CHECKPOINT is a model name: evaluate its shipped trained weights (recu.pretrained)")
