@@ -176,7 +176,8 @@ def _amx_threads(work: int) -> tuple[bool, int]:
 
 def _run_amx(x8: np.ndarray, geometry: tuple, weights: PackedConvWeights, out: np.ndarray, epi: np.ndarray,
              affine: bool) -> None:
-    ak, launch = _compiled().amx, _compiled().threads.launch
+    k = _compiled()
+    ak, launch = k.amx, k.threads.launch
     toff, abase, astride, pix, _ = geometry
     c_out = weights.out_channels
     out_i, out_f = _amx_outputs(out, c_out, affine)
@@ -210,7 +211,8 @@ def binary_conv2d_float(
             raise ValueError(f"expected input (N, {weights.in_channels}, H, W), got {tuple(x.shape)}")
         return binary_conv2d(pack_activations(x, kind), weights, stride, padding, impl=kind, epilogue=epilogue,
                              out=out)
-    ak, launch = _compiled().amx, _compiled().threads.launch
+    k = _compiled()
+    ak, launch = k.amx, k.threads.launch
     affine = epilogue is not None
     # Everything that depends only on the input shape is prepared once per layer and shape: at
     # batch 1 a 64@56 layer runs in ~0.1 ms, and the Python around it had cost 10-15% of that.
